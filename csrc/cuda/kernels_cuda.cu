@@ -1,0 +1,223 @@
+// CUDA loops. Elementwise kernels move 16 bytes per thread per iteration
+// (128-bit loads and stores) when both pointers are 16-byte aligned, with a
+// scalar loop for the tail and for misaligned tensors; grid-stride, 64-bit
+// indices, the current stream, a device guard and a launch check each time.
+// The math comes from grl_math.h, shared with the CPU loops.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../grl_math.h"
+#include "../kernels.h"
+
+namespace grl_cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 65535;
+// Fixed block count for reductions: a function of n only (never of the device),
+// so the partition and therefore the sum are bitwise reproducible.
+constexpr int kReduceBlocks = 512;
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T val[N];
+};
+
+// lambda read on the device when a pointer is given (no host sync; CUDA graphs
+// replay the current value), else the host value baked into the launch.
+template <typename opmath_t>
+__device__ __forceinline__ opmath_t load_lambda(const opmath_t* device_lambda, opmath_t host_lambda) {
+  return device_lambda != nullptr ? *device_lambda : host_lambda;
+}
+
+template <typename scalar_t, typename Op>
+__global__ void __launch_bounds__(kThreads)
+    elementwise_vec_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t n, Op op) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  using VecT = Vec<scalar_t, kVec>;
+  const int64_t n_vec = n / kVec;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const auto scale = op.prepare();
+  for (int64_t v = tid; v < n_vec; v += stride) {
+    VecT chunk = reinterpret_cast<const VecT*>(in)[v];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) chunk.val[k] = op(chunk.val[k], scale);
+    reinterpret_cast<VecT*>(out)[v] = chunk;
+  }
+  for (int64_t i = n_vec * kVec + tid; i < n; i += stride) out[i] = op(in[i], scale);
+}
+
+// Generic fallback for pointers that are not 16-byte aligned (e.g. a storage offset).
+template <typename scalar_t, typename Op>
+__global__ void __launch_bounds__(kThreads)
+    elementwise_scalar_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t n, Op op) {
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  const auto scale = op.prepare();
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    out[i] = op(in[i], scale);
+  }
+}
+
+template <typename scalar_t>
+struct NegScaleOp {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const opmath_t* device_lambda;
+  opmath_t host_lambda;
+  __device__ __forceinline__ opmath_t prepare() const { return load_lambda(device_lambda, host_lambda); }
+  __device__ __forceinline__ scalar_t operator()(scalar_t x, opmath_t lambda) const {
+    return static_cast<scalar_t>(math::reverse<opmath_t>(static_cast<opmath_t>(x), lambda));
+  }
+};
+
+template <typename scalar_t>
+struct CopyOp {
+  __device__ __forceinline__ int prepare() const { return 0; }
+  __device__ __forceinline__ scalar_t operator()(scalar_t x, int) const { return x; }
+};
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename scalar_t, typename Op>
+void launch_elementwise(const at::Tensor& src, const at::Tensor& dst, Op op) {
+  const int64_t n = src.numel();
+  if (n == 0) return;
+  const c10::cuda::CUDAGuard guard(src.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const scalar_t* in = src.const_data_ptr<scalar_t>();
+  scalar_t* out = dst.mutable_data_ptr<scalar_t>();
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const bool vectorised = aligned16(in) && aligned16(out);
+  const int64_t work = vectorised ? (n + kVec - 1) / kVec : n;
+  const int64_t blocks = std::min(kMaxBlocks, (work + kThreads - 1) / kThreads);
+  if (vectorised) {
+    elementwise_vec_kernel<scalar_t, Op><<<blocks, kThreads, 0, stream>>>(in, out, n, op);
+  } else {
+    elementwise_scalar_kernel<scalar_t, Op><<<blocks, kThreads, 0, stream>>>(in, out, n, op);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---- domain BCE: stage 1, per-block partials -------------------------------------------------
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) domain_bce_partials_kernel(
+    const scalar_t* __restrict__ logits, scalar_t* __restrict__ grad, scalar_t* __restrict__ loss_elems,
+    int64_t n, int64_t first_target, at::opmath_type<scalar_t> w_src, at::opmath_type<scalar_t> w_tgt,
+    double* __restrict__ loss_partial, unsigned long long* __restrict__ hit_partial) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  __shared__ double loss_shared[kThreads];
+  __shared__ unsigned long long hit_shared[kThreads];
+  double loss_sum = 0.0;
+  unsigned long long hits = 0;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const bool is_target = i >= first_target;
+    const opmath_t z = static_cast<opmath_t>(logits[i]);
+    const opmath_t y = is_target ? opmath_t(1) : opmath_t(0);
+    const opmath_t w = is_target ? w_tgt : w_src;
+    const opmath_t loss = w * math::bce_with_logits(z, y);
+    grad[i] = static_cast<scalar_t>(w * math::bce_with_logits_grad(z, y));
+    if (loss_elems != nullptr) loss_elems[i] = static_cast<scalar_t>(loss);
+    loss_sum += static_cast<double>(loss);
+    hits += math::bce_hit(z, is_target) ? 1ull : 0ull;
+  }
+  loss_shared[threadIdx.x] = loss_sum;
+  hit_shared[threadIdx.x] = hits;
+  __syncthreads();
+  // Fixed-shape tree: deterministic, no atomics.
+  for (int offset = kThreads / 2; offset > 0; offset /= 2) {
+    if (threadIdx.x < offset) {
+      loss_shared[threadIdx.x] += loss_shared[threadIdx.x + offset];
+      hit_shared[threadIdx.x] += hit_shared[threadIdx.x + offset];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    loss_partial[blockIdx.x] = loss_shared[0];
+    hit_partial[blockIdx.x] = hit_shared[0];
+  }
+}
+
+// ---- stage 2: one block adds the partials in a fixed order -------------------------------------
+
+__global__ void __launch_bounds__(kThreads) domain_bce_final_kernel(
+    const double* __restrict__ loss_partial, const unsigned long long* __restrict__ hit_partial, int num_partials,
+    double* __restrict__ sums) {
+  __shared__ double loss_shared[kThreads];
+  __shared__ unsigned long long hit_shared[kThreads];
+  double loss_sum = 0.0;
+  unsigned long long hits = 0;
+  for (int i = threadIdx.x; i < num_partials; i += blockDim.x) {
+    loss_sum += loss_partial[i];
+    hits += hit_partial[i];
+  }
+  loss_shared[threadIdx.x] = loss_sum;
+  hit_shared[threadIdx.x] = hits;
+  __syncthreads();
+  for (int offset = kThreads / 2; offset > 0; offset /= 2) {
+    if (threadIdx.x < offset) {
+      loss_shared[threadIdx.x] += loss_shared[threadIdx.x + offset];
+      hit_shared[threadIdx.x] += hit_shared[threadIdx.x + offset];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    sums[0] = loss_shared[0];
+    sums[1] = static_cast<double>(hit_shared[0]);
+  }
+}
+
+}  // namespace
+
+void neg_scale_kernel_cuda(const at::Tensor& src, const Lambda& lambda, const at::Tensor& dst) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "neg_scale_cuda", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const opmath_t* device_lambda = nullptr;
+    if (lambda.device.defined()) {
+      TORCH_INTERNAL_ASSERT(lambda.device.scalar_type() == c10::CppTypeToScalarType<opmath_t>::value,
+                            "the op layer converts lambda to the op math type");
+      device_lambda = lambda.device.const_data_ptr<opmath_t>();
+    }
+    launch_elementwise<scalar_t>(src, dst, NegScaleOp<scalar_t>{device_lambda, static_cast<opmath_t>(lambda.host)});
+  });
+}
+
+void copy_kernel_cuda(const at::Tensor& src, const at::Tensor& dst) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "copy_cuda", [&] {
+    launch_elementwise<scalar_t>(src, dst, CopyOp<scalar_t>{});
+  });
+}
+
+void domain_bce_kernel_cuda(const at::Tensor& logits, const DomainBceArgs& args, const at::Tensor& grad,
+                            const at::Tensor& loss_elems, const at::Tensor& sums) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t n = logits.numel();
+  const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kReduceBlocks, (n + kThreads - 1) / kThreads)));
+  // One scratch buffer: [loss partials (double) | hit partials (uint64)].
+  at::Tensor scratch = at::empty({2 * blocks}, logits.options().dtype(at::kDouble));
+  double* loss_partial = scratch.mutable_data_ptr<double>();
+  auto* hit_partial = reinterpret_cast<unsigned long long*>(loss_partial + blocks);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "domain_bce_cuda", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    domain_bce_partials_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        logits.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(),
+        loss_elems.defined() ? loss_elems.mutable_data_ptr<scalar_t>() : nullptr, n,
+        args.num_source * args.inner, static_cast<opmath_t>(args.weight_source),
+        static_cast<opmath_t>(args.weight_target), loss_partial, hit_partial);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  domain_bce_final_kernel<<<1, kThreads, 0, stream>>>(loss_partial, hit_partial, blocks,
+                                                      sums.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace grl_cuda

@@ -1,0 +1,216 @@
+// Schemas (one TORCH_LIBRARY block), the op layer's checks and allocation, and
+// the per-backend registrations. Every op is functional or declares its mutation,
+// so torch.library.opcheck and torch.compile accept it.
+#include "ops.h"
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace grl_cuda {
+namespace {
+
+void check_float_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()) && !at::isComplexType(t.scalar_type()) &&
+                       (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
+                        t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16),
+                   "grl_cuda: ", name, " must be a float32, float64, float16 or bfloat16 tensor, got ",
+                   t.scalar_type(), ". Convert it first, e.g. ", name, ".float().");
+  TORCH_CHECK_VALUE(t.device().is_cpu() || t.device().is_cuda(), "grl_cuda: ", name,
+                    " must be on a CPU or CUDA device, got ", t.device(), ".");
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, "grl_cuda: ", name, " must be a dense (strided) tensor, got layout ",
+                    t.layout(), ".");
+}
+
+bool on_cuda(const at::Tensor& t) { return t.device().is_cuda(); }
+
+void require_cuda_build() {
+#ifndef GRL_WITH_CUDA
+  TORCH_CHECK(false,
+              "grl_cuda was built without CUDA kernels, so it cannot run on a CUDA tensor. Reinstall with a CUDA "
+              "build of torch and CUDA_HOME pointing at the CUDA toolkit (see grl_cuda.build_info() and the README).");
+#endif
+}
+
+void run_neg_scale(const at::Tensor& src, const Lambda& lambda, const at::Tensor& dst) {
+  if (on_cuda(src)) {
+    require_cuda_build();
+#ifdef GRL_WITH_CUDA
+    neg_scale_kernel_cuda(src, lambda, dst);
+#endif
+  } else {
+    neg_scale_kernel_cpu(src, lambda, dst);
+  }
+}
+
+void run_copy(const at::Tensor& src, const at::Tensor& dst) {
+  if (on_cuda(src)) {
+    require_cuda_build();
+#ifdef GRL_WITH_CUDA
+    copy_kernel_cuda(src, dst);
+#endif
+  } else {
+    copy_kernel_cpu(src, dst);
+  }
+}
+
+// The kernels walk flat memory. Dense tensors in any memory format (channels_last
+// included) are walked as they lie, with an output of identical strides; other
+// strided views are made contiguous first.
+at::Tensor dense_source(const at::Tensor& x) { return x.is_non_overlapping_and_dense() ? x : x.contiguous(); }
+
+}  // namespace
+
+Lambda host_lambda(double value) {
+  TORCH_CHECK_VALUE(std::isfinite(value), "grl_cuda: lambda_ must be a finite number, got ", value, ".");
+  Lambda out;
+  out.host = value;
+  return out;
+}
+
+Lambda resolve_lambda(const at::Tensor& lambda, const at::Tensor& like) {
+  TORCH_CHECK_TYPE(at::isFloatingType(lambda.scalar_type()),
+                   "grl_cuda: a lambda_ tensor must have a floating dtype, got ", lambda.scalar_type(), ".");
+  TORCH_CHECK_VALUE(lambda.numel() == 1, "grl_cuda: a lambda_ tensor must have exactly one element, got shape ",
+                    lambda.sizes(), ".");
+  TORCH_CHECK_VALUE(lambda.device().is_cpu() || lambda.device() == like.device(),
+                    "grl_cuda: lambda_ is on ", lambda.device(), " but the tensor it scales is on ", like.device(),
+                    ". Keep lambda_ on the same device (or on the CPU).");
+  Lambda out;
+  if (lambda.device().is_cpu()) {
+    // CPU memory: reading it is not a device synchronisation. (NaN/inf in a
+    // tensor lambda is not checked: checking a device tensor would need a sync.)
+    out.host = lambda.to(at::kDouble).const_data_ptr<double>()[0];
+  } else {
+    const auto opmath = at::toOpMathType(like.scalar_type());
+    out.device = lambda.scalar_type() == opmath ? lambda : lambda.to(opmath);
+  }
+  return out;
+}
+
+at::Tensor neg_scale_with(const at::Tensor& x, const Lambda& lambda) {
+  const at::Tensor src = dense_source(x);
+  at::Tensor out = at::empty_like(src);  // preserve_format: same strides as a dense src
+  run_neg_scale(src, lambda, out);
+  return out;
+}
+
+at::Tensor neg_scale(const at::Tensor& x, const at::Tensor& lambda) {
+  check_float_tensor(x, "x");
+  return neg_scale_with(x, resolve_lambda(lambda, x));
+}
+
+void neg_scale_inplace_with(const at::Tensor& x, const Lambda& lambda) {
+  if (x.is_non_overlapping_and_dense()) {
+    run_neg_scale(x, lambda, x);
+  } else {
+    x.copy_(neg_scale_with(x, lambda));
+  }
+}
+
+void neg_scale_(const at::Tensor& x, const at::Tensor& lambda) {
+  check_float_tensor(x, "x");
+  neg_scale_inplace_with(x, resolve_lambda(lambda, x));
+}
+
+at::Tensor copy(const at::Tensor& x) {
+  check_float_tensor(x, "x");
+  const at::Tensor src = dense_source(x);
+  at::Tensor out = at::empty_like(src);
+  run_copy(src, out);
+  return out;
+}
+
+bool is_exclusive_grad(const at::Tensor& grad, int64_t max_uses) {
+  return grad.defined() && !grad.requires_grad() && grad.layout() == at::kStrided &&
+         static_cast<int64_t>(grad.use_count()) <= max_uses && grad.storage().use_count() == 1 &&
+         grad.is_non_overlapping_and_dense() && !grad.is_inference() && grad.device().type() != at::kMeta;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_bce_with_logits(const at::Tensor& logits, int64_t num_source,
+                                                                      double weight_source, double weight_target,
+                                                                      const std::string& reduction) {
+  check_float_tensor(logits, "logits");
+  TORCH_CHECK_VALUE(logits.dim() >= 1, "grl_cuda: logits must have shape (N,), (N, 1) or (N, 1, *spatial), got a "
+                                       "0-dim tensor.");
+  const int64_t rows = logits.size(0);
+  TORCH_CHECK_VALUE(rows > 0, "grl_cuda: logits is an empty batch (N = 0); pass at least one row.");
+  TORCH_CHECK_VALUE(logits.dim() == 1 || logits.size(1) == 1, "grl_cuda: logits must have shape (N,), (N, 1) or "
+                    "(N, 1, *spatial) for a binary domain classifier, got ", logits.sizes(),
+                    ". For K > 2 domains use grl_cuda.domain_cross_entropy with (N, K) logits.");
+  TORCH_CHECK_VALUE(0 <= num_source && num_source <= rows, "grl_cuda: num_source must be in [0, N] = [0, ", rows,
+                    "], got ", num_source, ".");
+  TORCH_CHECK_VALUE(std::isfinite(weight_source) && std::isfinite(weight_target),
+                    "grl_cuda: weight_source and weight_target must be finite, got ", weight_source, " and ",
+                    weight_target, ".");
+  TORCH_CHECK_VALUE(reduction == "mean" || reduction == "sum" || reduction == "none",
+                    "grl_cuda: reduction must be 'mean', 'sum' or 'none', got '", reduction, "'.");
+
+  const at::Tensor z = logits.contiguous();  // labels come from the flat row index
+  const int64_t n = z.numel();
+  DomainBceArgs args{num_source, rows == 0 ? 0 : n / rows, weight_source, weight_target};
+  at::Tensor grad = at::empty(z.sizes(), z.options());
+  at::Tensor loss_elems = reduction == "none" ? at::empty(z.sizes(), z.options()) : at::Tensor();
+  at::Tensor sums = at::zeros({2}, z.options().dtype(at::kDouble));
+  if (n > 0) {
+    if (on_cuda(z)) {
+      require_cuda_build();
+#ifdef GRL_WITH_CUDA
+      domain_bce_kernel_cuda(z, args, grad, loss_elems, sums);
+#endif
+    } else {
+      domain_bce_kernel_cpu(z, args, grad, loss_elems, sums);
+    }
+  }
+  // Empty spatial extent: mean and accuracy are 0/0 = NaN, as in PyTorch.
+  const double inv_n = n > 0 ? 1.0 / static_cast<double>(n) : std::nan("");
+  at::Tensor accuracy = sums.select(0, 1).mul(inv_n).to(at::kFloat);
+  at::Tensor loss;
+  if (reduction == "none") {
+    loss = loss_elems;
+  } else {
+    at::Tensor total = sums.select(0, 0);
+    loss = (reduction == "mean" ? total.mul(inv_n) : total).to(z.scalar_type());
+  }
+  return {loss, grad, accuracy};
+}
+
+// ---- registration ------------------------------------------------------------------------------
+
+namespace {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_bce_with_logits_op(const at::Tensor& logits, int64_t num_source,
+                                                                         double weight_source, double weight_target,
+                                                                         c10::string_view reduction) {
+  return domain_bce_with_logits(logits, num_source, weight_source, weight_target, std::string(reduction));
+}
+}  // namespace
+
+TORCH_LIBRARY(grl_cuda, m) {
+  m.def("neg_scale(Tensor x, Tensor lambda_) -> Tensor");
+  m.def("neg_scale_(Tensor(a!) x, Tensor lambda_) -> ()");
+  m.def("copy(Tensor x) -> Tensor");
+  m.def(
+      "domain_bce_with_logits(Tensor logits, int num_source, float weight_source, float weight_target, "
+      "str reduction) -> (Tensor loss, Tensor grad, Tensor accuracy)");
+}
+
+// One implementation serves both backends: the op layer picks the loop by device.
+TORCH_LIBRARY_IMPL(grl_cuda, CPU, m) {
+  m.impl("neg_scale", &neg_scale);
+  m.impl("neg_scale_", &neg_scale_);
+  m.impl("copy", &copy);
+  m.impl("domain_bce_with_logits", &domain_bce_with_logits_op);
+}
+
+#ifdef GRL_WITH_CUDA
+TORCH_LIBRARY_IMPL(grl_cuda, CUDA, m) {
+  m.impl("neg_scale", &neg_scale);
+  m.impl("neg_scale_", &neg_scale_);
+  m.impl("copy", &copy);
+  m.impl("domain_bce_with_logits", &domain_bce_with_logits_op);
+}
+#endif
+
+}  // namespace grl_cuda

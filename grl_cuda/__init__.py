@@ -1,0 +1,59 @@
+"""grl_cuda: fused gradient reversal (DANN) and domain-adversarial losses for PyTorch.
+
+    import grl_cuda
+    y = grl_cuda.grad_reverse(features, lambda_=0.7)
+    grl = grl_cuda.GradientReversal(lambda_=1.0)
+"""
+
+import torch  # noqa: F401  (loads libtorch before our extension)
+
+try:
+    from . import _C  # the compiled core; registers torch.ops.grl_cuda.*
+except ImportError as exc:  # pragma: no cover - exercised by hand on broken installs
+    raise ImportError(
+        "grl_cuda's compiled extension (grl_cuda._C) is missing or was built against another torch. "
+        "Rebuild it in this environment with:  pip install --no-build-isolation .  "
+        f"(torch {torch.__version__}; original error: {exc})"
+    ) from exc
+
+from . import _ops  # noqa: F401,E402  (fake, autograd and autocast registrations)
+from .functional import GradReverse, domain_bce_with_logits, grad_reverse, neg_scale  # noqa: E402
+from .modules import (  # noqa: E402
+    DomainAdversarialLoss,
+    DomainDiscriminator,
+    GradientReversal,
+    GradientReversalLinear,
+    WarmStartGradientReversal,
+)
+from . import schedules  # noqa: E402,F401
+
+__version__ = "0.1.0"
+
+
+def build_info():
+    """What this installation was built with: CUDA kernels compiled or not (and
+    why not), architectures, toolkit and torch versions."""
+    try:
+        from ._build_config import BUILD_CONFIG
+    except ImportError:
+        BUILD_CONFIG = {}
+    info = dict(BUILD_CONFIG)
+    info["cuda_compiled"] = _C.cuda_compiled()
+    info["cuda_available"] = torch.cuda.is_available()
+    info["torch_runtime_version"] = torch.__version__
+    return info
+
+
+__all__ = [
+    "GradReverse",
+    "grad_reverse",
+    "neg_scale",
+    "domain_bce_with_logits",
+    "GradientReversal",
+    "WarmStartGradientReversal",
+    "GradientReversalLinear",
+    "DomainDiscriminator",
+    "DomainAdversarialLoss",
+    "schedules",
+    "build_info",
+]

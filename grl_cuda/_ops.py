@@ -1,0 +1,98 @@
+"""Python-side registrations of the torch.library ops defined in csrc/ops.cpp:
+fake (meta) implementations for torch.compile, autograd formulas and autocast.
+Importing this module is what makes the ops complete."""
+
+import torch
+
+ops = torch.ops.grl_cuda
+
+
+# ---- neg_scale: -lambda * x ----------------------------------------------------------------------
+
+@torch.library.register_fake("grl_cuda::neg_scale")
+def _neg_scale_fake(x, lambda_):
+    return torch.empty_like(x)  # the kernel keeps x's strides for dense x, else contiguous, as empty_like does
+
+
+def _neg_scale_setup(ctx, inputs, output):
+    x, lambda_ = inputs
+    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, lambda_)
+
+
+def _neg_scale_backward(ctx, grad):
+    x, lambda_ = ctx.saved_tensors
+    grad_x = ops.neg_scale(grad, lambda_) if ctx.needs_input_grad[0] else None
+    grad_lambda = None
+    if ctx.needs_input_grad[1]:
+        grad_lambda = -(grad * x).sum().to(lambda_.dtype).reshape(lambda_.shape)
+    return grad_x, grad_lambda
+
+
+torch.library.register_autograd("grl_cuda::neg_scale", _neg_scale_backward, setup_context=_neg_scale_setup)
+
+
+@torch.library.register_fake("grl_cuda::neg_scale_")
+def _neg_scale_inplace_fake(x, lambda_):
+    return None
+
+
+# ---- copy ------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("grl_cuda::copy")
+def _copy_fake(x):
+    return torch.empty_like(x)
+
+
+torch.library.register_autograd("grl_cuda::copy", lambda ctx, grad: grad)
+
+
+# ---- domain_bce_with_logits ------------------------------------------------------------------------
+
+@torch.library.register_fake("grl_cuda::domain_bce_with_logits")
+def _domain_bce_fake(logits, num_source, weight_source, weight_target, reduction):
+    loss = logits.new_empty(logits.shape) if reduction == "none" else logits.new_empty(())
+    grad = logits.new_empty(logits.shape)
+    accuracy = logits.new_empty((), dtype=torch.float32)
+    return loss, grad, accuracy
+
+
+def _domain_bce_setup(ctx, inputs, output):
+    logits, num_source, weight_source, weight_target, reduction = inputs
+    _, grad, accuracy = output
+    ctx.mark_non_differentiable(grad, accuracy)
+    ctx.save_for_backward(logits, grad)
+    ctx.args = (num_source, weight_source, weight_target, reduction)
+
+
+def domain_labels_and_weights(logits, num_source, weight_source, weight_target):
+    """Labels (0 source, 1 target) and weights broadcastable to `logits`, built
+    from the row index. Used where the fused kernel's saved gradient cannot
+    serve: double backward and the pure-PyTorch reference."""
+    is_target = torch.arange(logits.shape[0], device=logits.device) >= num_source
+    shape = (-1,) + (1,) * (logits.dim() - 1)
+    labels = is_target.to(logits.dtype).reshape(shape)
+    weights = torch.where(is_target, weight_target, weight_source).to(logits.dtype).reshape(shape)
+    return labels, weights
+
+
+def _domain_bce_backward(ctx, grad_loss, grad_grad, grad_accuracy):
+    logits, saved_grad = ctx.saved_tensors
+    num_source, weight_source, weight_target, reduction = ctx.args
+    if torch.is_grad_enabled():
+        # create_graph=True: rebuild the gradient from differentiable ops so a
+        # second derivative sees its dependence on the logits.
+        labels, weights = domain_labels_and_weights(logits, num_source, weight_source, weight_target)
+        saved_grad = weights * (torch.sigmoid(logits) - labels)
+    if reduction == "none":
+        return saved_grad * grad_loss, None, None, None, None
+    if reduction == "mean":
+        grad_loss = grad_loss / logits.numel()
+    return saved_grad * grad_loss.to(saved_grad.dtype), None, None, None, None
+
+
+torch.library.register_autograd(
+    "grl_cuda::domain_bce_with_logits", _domain_bce_backward, setup_context=_domain_bce_setup
+)
+# As PyTorch's autocast policy does for binary_cross_entropy_with_logits: compute in float32.
+for _device in ("cpu", "cuda"):
+    torch.library.register_autocast("grl_cuda::domain_bce_with_logits", _device, torch.float32)

@@ -1,0 +1,138 @@
+"""Functional API: gradient reversal and the fused domain losses."""
+
+import torch
+
+from . import _C
+from ._validation import check_float_tensor, check_lambda
+
+ops = torch.ops.grl_cuda
+
+# References to an incoming gradient that the autograd engine itself holds when
+# it calls a Python Function's backward (its input buffer plus the Python object
+# handed to us, plus the binding's own argument). More than this means someone
+# else (a hook, retain_grad, a user) holds it too: then we must not overwrite it.
+# tests/test_grad_reverse.py::test_backward_steals_only_exclusive_gradients pins it.
+_ENGINE_GRAD_USES = 2
+
+
+def _lambda_tensor(lambda_, like):
+    if isinstance(lambda_, torch.Tensor):
+        return lambda_
+    return torch.tensor(lambda_, dtype=torch.float64)
+
+
+class GradReverse(torch.autograd.Function):
+    """Gradient reversal as a plain `torch.autograd.Function` (the low-level API).
+
+    ``GradReverse.apply(x, lambda_, copy=False)``: forward returns ``x`` unchanged
+    (a view sharing its storage, or a fresh copy when ``copy`` is true); backward
+    returns ``-lambda_ * grad`` in one pass. When autograd hands the backward the
+    only reference to a dense gradient, it is scaled in place and reused (no new
+    buffer); under ``create_graph=True`` the backward is itself differentiable (its
+    derivative is the same reversal).
+    """
+
+    @staticmethod
+    def forward(ctx, x, lambda_=1.0, copy=False):
+        check_float_tensor(x, "x")
+        ctx.lambda_ = check_lambda(lambda_, x)
+        if copy:
+            return ops.copy(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():  # building a graph for a double backward
+            return ops.neg_scale(grad, _lambda_tensor(ctx.lambda_, grad)), None, None
+        return _C.reverse_grad(grad, ctx.lambda_, _ENGINE_GRAD_USES), None, None
+
+
+class _TracedGradReverse(torch.autograd.Function):
+    """The reversal in plain aten ops, used under torch.compile: Inductor fuses the
+    scale into the neighbouring kernels (measured: free inside a compiled head)."""
+
+    @staticmethod
+    def forward(ctx, x, lambda_, copy):
+        ctx.lambda_ = lambda_
+        return x.clone() if copy else x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        lambda_ = ctx.lambda_
+        if isinstance(lambda_, torch.Tensor):
+            lambda_ = lambda_.to(device=grad.device).reshape(())
+        return grad * (-lambda_), None, None
+
+
+def grad_reverse(x, lambda_=1.0, *, copy=False):
+    """Gradient reversal layer (Ganin & Lempitsky, 2015): identity forward,
+    gradient multiplied by ``-lambda_`` backward.
+
+    Args:
+        x: floating tensor (float32/float64/float16/bfloat16), any shape, strides or device.
+        lambda_: a finite float, or a one-element floating tensor on the CPU or on
+            ``x``'s device (read by the kernel: no host sync, no recompilation under
+            ``torch.compile`` when it changes, CUDA-graph safe). Negative values are
+            allowed; 0 gives zero gradients.
+        copy: return a fresh tensor instead of a view of ``x``. Needed only if the
+            output is modified in place (autograd forbids in-place changes of a view
+            returned by a custom Function).
+
+    Returns:
+        A tensor equal to ``x``, with ``x``'s dtype, shape and strides.
+    """
+    check_float_tensor(x, "x")
+    lambda_ = check_lambda(lambda_, x)
+    if torch.compiler.is_compiling():
+        return _TracedGradReverse.apply(x, lambda_, copy)
+    return GradReverse.apply(x, lambda_, copy)
+
+
+def neg_scale(x, lambda_=1.0):
+    """``-lambda_ * x`` in one pass (the reversal's backward as a differentiable op)."""
+    check_float_tensor(x, "x")
+    lambda_ = check_lambda(lambda_, x)
+    return ops.neg_scale(x, _lambda_tensor(lambda_, x))
+
+
+def domain_bce_with_logits(
+    logits,
+    num_source,
+    *,
+    weight_source=1.0,
+    weight_target=1.0,
+    reduction="mean",
+    return_accuracy=False,
+):
+    """Binary cross-entropy of a domain classifier, fused: one pass computes the
+    loss, its gradient (kept for the backward) and the classifier's accuracy.
+
+    Rows ``[0, num_source)`` of ``logits`` are source samples (label 0), the rest
+    target samples (label 1); no label tensor is built or read.
+
+    Args:
+        logits: (N,), (N, 1) or (N, 1, *spatial) floating tensor; every element of a
+            row shares that row's domain (per-pixel discriminators).
+        num_source: int in [0, N].
+        weight_source, weight_target: finite floats weighting each domain's terms.
+        reduction: "mean" (over all elements, as PyTorch), "sum" or "none".
+        return_accuracy: also return the fraction of elements classified to the
+            right domain (logit > 0 means target), a float32 0-dim tensor.
+
+    Returns:
+        ``loss`` (0-dim, or shaped like ``logits`` for reduction "none", in the
+        logits' dtype), or ``(loss, accuracy)``.
+    """
+    check_float_tensor(logits, "logits")
+    if isinstance(num_source, bool) or not isinstance(num_source, int):
+        if not (isinstance(num_source, torch.Tensor) and num_source.numel() == 1 and not num_source.is_floating_point()):
+            raise TypeError(f"grl_cuda: num_source must be an int, got {type(num_source).__name__}.")
+        num_source = int(num_source)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"grl_cuda: reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+    weight_source = check_lambda(weight_source, name="weight_source")
+    weight_target = check_lambda(weight_target, name="weight_target")
+    if isinstance(weight_source, torch.Tensor) or isinstance(weight_target, torch.Tensor):
+        raise TypeError("grl_cuda: weight_source and weight_target must be Python floats.")
+    loss, _, accuracy = ops.domain_bce_with_logits(logits, num_source, weight_source, weight_target, reduction)
+    return (loss, accuracy) if return_accuracy else loss

@@ -1,0 +1,288 @@
+"""nn.Module layers: the reversal, its warm-start schedule, the reversal folded
+into a linear layer, the paper's domain discriminator and the domain-adversarial
+loss."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._validation import check_float_tensor, check_lambda
+from .functional import domain_bce_with_logits, grad_reverse
+
+
+class _LambdaBuffer(nn.Module):
+    """Holds lambda in a float32 buffer named ``lambda_`` (saved in state_dict, moved
+    with the module). ``set_lambda`` and ``module.lambda_ = value`` update it in place:
+    no new tensor, so torch.compile does not recompile and CUDA graphs see the value."""
+
+    def __init__(self, lambda_, persistent=True):
+        super().__init__()
+        value = check_lambda(lambda_)
+        self.register_buffer("lambda_", torch.tensor(float(value), dtype=torch.float32), persistent=persistent)
+        if isinstance(value, torch.Tensor):
+            self.set_lambda(value)
+
+    def set_lambda(self, value):
+        value = check_lambda(value, self.lambda_)
+        with torch.no_grad():
+            if isinstance(value, torch.Tensor):
+                self.lambda_.copy_(value.reshape(()))
+            else:
+                self.lambda_.fill_(value)
+        return self
+
+    def __setattr__(self, name, value):
+        if name == "lambda_" and "lambda_" in self.__dict__.get("_buffers", {}):
+            self.set_lambda(value)
+            return
+        super().__setattr__(name, value)
+
+
+class GradientReversal(_LambdaBuffer):
+    """Gradient reversal layer: identity forward, ``-lambda_ * grad`` backward.
+
+    Args:
+        lambda_: initial lambda (float or one-element tensor). Change it with
+            ``set_lambda(v)`` or ``layer.lambda_ = v``.
+        copy: return a fresh tensor rather than a view of the input (only needed if
+            the output is modified in place).
+    """
+
+    def __init__(self, lambda_=1.0, copy=False):
+        super().__init__(lambda_)
+        self.copy = bool(copy)
+
+    def forward(self, x):
+        return grad_reverse(x, self.lambda_, copy=self.copy)
+
+    def extra_repr(self):
+        return f"lambda_={float(self.lambda_):.4g}, copy={self.copy}"
+
+
+class WarmStartGradientReversal(GradientReversal):
+    """Gradient reversal whose lambda follows the DANN schedule
+    ``lo + (hi - lo) * (2 / (1 + exp(-alpha * p)) - 1)``, ``p = min(step / max_iters, 1)``.
+
+    The step counter is a buffer (saved in state_dict, so a resumed run continues
+    the schedule) and lambda is recomputed on the module's device: no host sync and
+    no recompilation under torch.compile. With ``auto_step`` each forward uses the
+    current lambda and then advances the step.
+    """
+
+    def __init__(self, alpha=10.0, lo=0.0, hi=1.0, max_iters=1000, auto_step=False, copy=False):
+        if max_iters <= 0:
+            raise ValueError(f"grl_cuda: max_iters must be positive, got {max_iters}.")
+        for name, value in (("alpha", alpha), ("lo", lo), ("hi", hi)):
+            check_lambda(value, name=name)
+        super().__init__(lo, copy=copy)
+        self.alpha, self.lo, self.hi = float(alpha), float(lo), float(hi)
+        self.max_iters = max_iters
+        self.auto_step = bool(auto_step)
+        self.register_buffer("num_iter", torch.zeros((), dtype=torch.int64))
+        self._refresh_lambda()
+
+    def _refresh_lambda(self):
+        with torch.no_grad():
+            p = (self.num_iter.to(torch.float32) / self.max_iters).clamp(max=1.0)
+            value = self.lo + (self.hi - self.lo) * (2.0 / (1.0 + torch.exp(-self.alpha * p)) - 1.0)
+            self.lambda_.copy_(value)
+
+    def step(self):
+        with torch.no_grad():
+            self.num_iter.add_(1)
+        self._refresh_lambda()
+
+    def forward(self, x):
+        out = grad_reverse(x, self.lambda_, copy=self.copy)
+        if self.auto_step and self.training:
+            self.step()
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._refresh_lambda()
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}, lo={self.lo}, hi={self.hi}, max_iters={self.max_iters}, auto_step={self.auto_step}"
+
+
+class _ReversedLinearFn(torch.autograd.Function):
+    """y = x W^T + b; grad_x = -lambda * grad_y W computed by one GEMM whose alpha is
+    -lambda, so the reversal touches no tensor of its own."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lambda_host, lambda_tensor):
+        ctx.save_for_backward(x, weight)
+        ctx.lambda_host = lambda_host
+        ctx.lambda_tensor = lambda_tensor
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        g2 = grad_y.reshape(-1, grad_y.shape[-1])
+        if ctx.needs_input_grad[0]:
+            if ctx.lambda_host is not None:
+                zero = g2.new_zeros(())
+                grad_x = torch.addmm(zero, g2, weight, beta=0.0, alpha=-ctx.lambda_host)
+            else:
+                lam = ctx.lambda_tensor.to(device=g2.device, dtype=g2.dtype).reshape(())
+                grad_x = torch.mm(g2, weight) * (-lam)
+            grad_x = grad_x.reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = g2.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b, None, None
+
+
+class GradientReversalLinear(nn.Linear):
+    """``nn.Linear`` preceded by a gradient reversal, fused: the reversal is folded
+    into the GEMM that computes the input gradient. Same results as
+    ``nn.Sequential(GradientReversal(lambda_), nn.Linear(...))``; state_dict keys are
+    nn.Linear's (lambda is not saved), so checkpoints load both ways.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, lambda_=1.0, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        value = check_lambda(lambda_)
+        self.register_buffer("lambda_", torch.tensor(float(value), dtype=torch.float32, device=device), persistent=False)
+        self._lambda_host = float(value)  # the GEMM's alpha is a host scalar: kept here, never read back
+
+    def set_lambda(self, value):
+        value = check_lambda(value, self.lambda_)
+        with torch.no_grad():
+            if isinstance(value, torch.Tensor):
+                self.lambda_.copy_(value.reshape(()))
+                self._lambda_host = None  # device value: scale the GEMM's output instead
+            else:
+                self.lambda_.fill_(value)
+                self._lambda_host = value
+        return self
+
+    def __setattr__(self, name, value):
+        if name == "lambda_" and "lambda_" in self.__dict__.get("_buffers", {}):
+            self.set_lambda(value)
+            return
+        super().__setattr__(name, value)
+
+    def forward(self, x):
+        check_float_tensor(x, "x")
+        if torch.compiler.is_compiling():
+            # Traceable form: Inductor fuses the scale into the GEMM's epilogue.
+            return F.linear(grad_reverse(x, self.lambda_), self.weight, self.bias)
+        return _ReversedLinearFn.apply(x, self.weight, self.bias, self._lambda_host, self.lambda_)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", lambda_={float(self.lambda_):.4g}"
+
+
+class DomainDiscriminator(nn.Sequential):
+    """The paper's domain classifier: ``in_features -> hidden... -> 1`` logit, with
+    ReLU (and optional BatchNorm/Dropout) between layers.
+
+    MNIST net: ``hidden=(100,)``; SVHN and Office nets: ``hidden=(1024, 1024)``.
+    ``fused_grl=True`` makes the first layer a :class:`GradientReversalLinear`, so the
+    discriminator reverses gradients itself at no extra cost (then give
+    :class:`DomainAdversarialLoss` no separate ``grl``).
+    """
+
+    def __init__(self, in_features, hidden=(1024, 1024), batch_norm=False, dropout=0.0, fused_grl=False, lambda_=1.0):
+        hidden = tuple(hidden)
+        if in_features <= 0 or any(h <= 0 for h in hidden):
+            raise ValueError(f"grl_cuda: layer sizes must be positive, got in_features={in_features}, hidden={hidden}.")
+        layers = []
+        width = in_features
+        for i, h in enumerate(hidden + (1,)):
+            if i == 0 and fused_grl:
+                layers.append(GradientReversalLinear(width, h, lambda_=lambda_))
+            else:
+                layers.append(nn.Linear(width, h))
+            if i < len(hidden):
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(h))
+                layers.append(nn.ReLU(inplace=True))
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+            width = h
+        super().__init__(*layers)
+        self.fused_grl = fused_grl
+
+    @property
+    def grl(self):
+        """The fused reversal (the first layer) when ``fused_grl``, else None."""
+        return self[0] if self.fused_grl else None
+
+
+class DomainAdversarialLoss(nn.Module):
+    """GRL -> discriminator -> fused binary cross-entropy, in one call (tllib's API).
+
+    ``loss = dal(f_source, f_target)``: both domains go through the discriminator in
+    one forward (one BatchNorm statistics pass, as in the paper). Each domain gets
+    equal total weight (``0.5 * (mean source loss + mean target loss)``) whatever the
+    batch sizes. Source is label 0, target label 1.
+
+    Args:
+        discriminator: maps (N, F) features to (N, 1) or (N,) logits.
+        grl: a reversal layer applied first; defaults to ``GradientReversal()``
+            unless the discriminator carries a fused one (``fused_grl=True``).
+    """
+
+    def __init__(self, discriminator, grl=None):
+        super().__init__()
+        self.discriminator = discriminator
+        if grl is None and not getattr(discriminator, "fused_grl", False):
+            grl = GradientReversal()
+        self.grl = grl
+        self.domain_discriminator_accuracy = None  # percent, last batch (tllib's attribute)
+        self._accuracy = None
+
+    def forward(self, f_source, f_target):
+        check_float_tensor(f_source, "f_source")
+        check_float_tensor(f_target, "f_target")
+        n_s, n_t = f_source.shape[0], f_target.shape[0]
+        if n_s == 0 or n_t == 0:
+            raise ValueError(f"grl_cuda: both domains need samples, got {n_s} source and {n_t} target.")
+        f = torch.cat([f_source, f_target], dim=0)
+        if self.grl is not None:
+            f = self.grl(f)
+        logits = self.discriminator(f)
+        n = n_s + n_t
+        loss, accuracy = domain_bce_with_logits(
+            logits, n_s, weight_source=n / (2.0 * n_s), weight_target=n / (2.0 * n_t), return_accuracy=True
+        )
+        self._accuracy = accuracy.detach()
+        self.domain_discriminator_accuracy = _LazyPercent(self._accuracy)
+        return loss
+
+
+class _LazyPercent:
+    """A percent read from a device tensor only when printed or converted (no host
+    sync in the training step)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value):
+        self._value = value
+
+    def __float__(self):
+        return float(self._value) * 100.0
+
+    def __format__(self, spec):
+        return format(float(self), spec)
+
+    def __repr__(self):
+        return f"{float(self):.2f}"
+
+    def __eq__(self, other):
+        return float(self) == float(other)
+
+    def __lt__(self, other):
+        return float(self) < float(other)
+
+    def __gt__(self, other):
+        return float(self) > float(other)
+
+    __hash__ = None

@@ -1,0 +1,139 @@
+"""Build grl_cuda's compiled core against the torch already installed.
+
+    pip install --no-build-isolation .
+
+CPU kernels are always built. CUDA kernels are built whenever torch is a CUDA
+build and a CUDA toolkit (nvcc) is found, whether or not a GPU is visible: a
+GPU-less build machine still produces CUDA kernels.
+
+Environment switches:
+    GRL_CUDA=auto|1|0       build CUDA kernels: when possible (default), always (fail if impossible), never
+    CUDA_HOME               the CUDA toolkit folder (holding bin/nvcc and include/); found automatically if unset
+    TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "9.0" or "8.0;9.0+PTX" (default: see DEFAULT_CUDA_ARCHS)
+    MAX_JOBS                parallel compile jobs (ninja)
+"""
+
+import glob
+import os
+import shutil
+import sys
+import sysconfig
+
+from setuptools import find_packages, setup
+
+# Turing to Blackwell, plus PTX of the newest for future GPUs. CUDA 13 dropped
+# architectures older than Turing.
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _is_cuda_toolkit(folder):
+    return bool(folder) and os.path.isfile(os.path.join(folder, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(folder, "include", "cuda_runtime_api.h")
+    )
+
+
+def find_cuda_home():
+    """The CUDA toolkit folder. An `nvcc` on PATH may be a wrapper script in
+    /usr/local/bin, so candidates must hold the toolkit's headers too."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        try:  # a wrapper script: look for the path it execs
+            with open(nvcc, "r", errors="ignore") as f:
+                for word in f.read().split():
+                    if word.endswith("/bin/nvcc"):
+                        candidates.append(os.path.dirname(os.path.dirname(word)))
+        except OSError:
+            pass
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for folder in candidates:
+        if _is_cuda_toolkit(folder):
+            return os.path.abspath(folder)
+    return None
+
+
+def nvidia_wheel_includes():
+    """Headers shipped by the `nvidia-*` wheels that CUDA builds of torch install;
+    they complete a partial toolkit."""
+    site = sysconfig.get_paths()["purelib"]
+    return sorted(p for p in glob.glob(os.path.join(site, "nvidia", "*", "include")) if os.path.isdir(p))
+
+
+def resolve_config():
+    mode = os.environ.get("GRL_CUDA", "auto").strip().lower()
+    if mode not in ("auto", "1", "0"):
+        sys.exit(f"GRL_CUDA must be auto, 1 or 0, got {mode!r}")
+    cuda_home = find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home  # before torch.utils.cpp_extension reads it
+    import torch
+
+    reasons = []
+    if torch.version.cuda is None:
+        reasons.append(f"torch {torch.__version__} is a CPU-only build")
+    if cuda_home is None:
+        reasons.append("no CUDA toolkit found (set CUDA_HOME to the folder holding bin/nvcc)")
+    with_cuda = mode == "1" or (mode == "auto" and not reasons)
+    if mode == "1" and reasons:
+        sys.exit("GRL_CUDA=1 but CUDA kernels cannot be built: " + "; ".join(reasons))
+    if mode == "0":
+        reasons = ["GRL_CUDA=0"]
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    return {
+        "with_cuda": with_cuda,
+        "why_no_cuda": "; ".join(reasons) if not with_cuda else "",
+        "cuda_home": cuda_home if with_cuda else None,
+        "cuda_archs": archs if with_cuda else None,
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+    }
+
+
+def write_build_config(config):
+    """grl_cuda/_build_config.py records what was built; grl_cuda.build_info() reads it."""
+    path = os.path.join(HERE, "grl_cuda", "_build_config.py")
+    with open(path, "w") as f:
+        f.write("# Written by setup.py at build time. Do not edit.\n")
+        f.write(f"BUILD_CONFIG = {config!r}\n")
+
+
+def extensions(config):
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    sources = ["csrc/ops.cpp", "csrc/bindings.cpp", "csrc/cpu/kernels_cpu.cpp"]
+    cxx_flags = ["-O3"]
+    if not config["with_cuda"]:
+        return [CppExtension("grl_cuda._C", sources, extra_compile_args={"cxx": cxx_flags})]
+    sources.append("csrc/cuda/kernels_cuda.cu")
+    return [
+        CUDAExtension(
+            "grl_cuda._C",
+            sources,
+            include_dirs=nvidia_wheel_includes(),
+            define_macros=[("GRL_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+        )
+    ]
+
+
+def main():
+    config = resolve_config()
+    print("grl_cuda build configuration:")
+    for key, value in config.items():
+        print(f"  {key:14s} {value}")
+    write_build_config(config)
+    from torch.utils.cpp_extension import BuildExtension
+
+    setup(
+        packages=find_packages(include=["grl_cuda", "grl_cuda.*", "bench", "bench.*"]),
+        ext_modules=extensions(config),
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
+
+
+if __name__ == "__main__":
+    main()
