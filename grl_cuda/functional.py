@@ -53,14 +53,18 @@ class _TracedGradReverse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lambda_, copy):
-        ctx.lambda_ = lambda_
+        if isinstance(lambda_, torch.Tensor):
+            ctx.save_for_backward(lambda_)  # saved, so AOTAutograd keeps this value for the backward
+        else:
+            ctx.lambda_ = lambda_
         return x.clone() if copy else x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        lambda_ = ctx.lambda_
-        if isinstance(lambda_, torch.Tensor):
-            lambda_ = lambda_.to(device=grad.device).reshape(())
+        if ctx.saved_tensors:
+            lambda_ = ctx.saved_tensors[0].to(device=grad.device).reshape(())
+        else:
+            lambda_ = ctx.lambda_
         return grad * (-lambda_), None, None
 
 

@@ -43,7 +43,8 @@ class GradientReversal(_LambdaBuffer):
 
     Args:
         lambda_: initial lambda (float or one-element tensor). Change it with
-            ``set_lambda(v)`` or ``layer.lambda_ = v``.
+            ``set_lambda(v)`` or ``layer.lambda_ = v`` between steps: the buffer is
+            read when the backward runs (on the device, without a host sync).
         copy: return a fresh tensor rather than a view of the input (only needed if
             the output is modified in place).
     """
@@ -65,8 +66,9 @@ class WarmStartGradientReversal(GradientReversal):
 
     The step counter is a buffer (saved in state_dict, so a resumed run continues
     the schedule) and lambda is recomputed on the module's device: no host sync and
-    no recompilation under torch.compile. With ``auto_step`` each forward uses the
-    current lambda and then advances the step.
+    no recompilation under torch.compile. With ``auto_step`` each training-mode
+    forward applies the current lambda and then advances the step (tllib's order);
+    otherwise call ``step()`` yourself once per training step.
     """
 
     def __init__(self, alpha=10.0, lo=0.0, hi=1.0, max_iters=1000, auto_step=False, copy=False):
@@ -81,11 +83,13 @@ class WarmStartGradientReversal(GradientReversal):
         self.register_buffer("num_iter", torch.zeros((), dtype=torch.int64))
         self._refresh_lambda()
 
+    def _lambda_at(self, num_iter):
+        p = (num_iter.to(torch.float32) / self.max_iters).clamp(max=1.0)
+        return self.lo + (self.hi - self.lo) * (2.0 / (1.0 + torch.exp(-self.alpha * p)) - 1.0)
+
     def _refresh_lambda(self):
         with torch.no_grad():
-            p = (self.num_iter.to(torch.float32) / self.max_iters).clamp(max=1.0)
-            value = self.lo + (self.hi - self.lo) * (2.0 / (1.0 + torch.exp(-self.alpha * p)) - 1.0)
-            self.lambda_.copy_(value)
+            self.lambda_.copy_(self._lambda_at(self.num_iter))
 
     def step(self):
         with torch.no_grad():
@@ -93,10 +97,23 @@ class WarmStartGradientReversal(GradientReversal):
         self._refresh_lambda()
 
     def forward(self, x):
-        out = grad_reverse(x, self.lambda_, copy=self.copy)
-        if self.auto_step and self.training:
-            self.step()
-        return out
+        if not (self.auto_step and self.training):
+            return grad_reverse(x, self.lambda_, copy=self.copy)
+        if torch.compiler.is_compiling():
+            # Inside a compiled graph the backward would read lambda one step late:
+            # AOTAutograd's partitioner recomputes saved values in the backward from
+            # the graph's inputs after the forward's mutations of them (observed with
+            # torch 2.14 even for a clone). Refuse rather than be silently off.
+            raise RuntimeError(
+                "grl_cuda: WarmStartGradientReversal(auto_step=True) cannot step inside torch.compile. "
+                "Use auto_step=False and call .step() once per training step outside the compiled function "
+                "(no recompilation: the step counter and lambda are buffers updated in place)."
+            )
+        # Apply this step's lambda, then advance (tllib's order). The backward reads
+        # lambda when it runs, so it gets a snapshot taken before the step.
+        lambda_now = self.lambda_.clone()
+        self.step()
+        return grad_reverse(x, lambda_now, copy=self.copy)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
