@@ -1,0 +1,1 @@
+"""grl_cuda benchmarks: `python -m bench --help`."""
