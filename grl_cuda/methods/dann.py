@@ -1,0 +1,49 @@
+"""DANN (Ganin & Lempitsky, 2015): label loss on source, plus the domain
+classifier's loss on source and target behind a gradient reversal layer."""
+
+import torch
+import torch.nn.functional as F
+
+from ..functional import domain_bce_with_logits
+from ..models import domain_head
+from ..schedules import dann_lambda
+from .base import Method
+
+
+class DANN(Method):
+    name = "dann"
+
+    def __init__(self, cfg, model_factory, num_classes, device):
+        super().__init__(cfg, model_factory, num_classes, device)
+        self.model = model_factory().to(device)
+        # The reversal is fused into the domain head's first layer (GradientReversalLinear).
+        self.head = domain_head(cfg.arch, self.model.feature_dim).to(device)
+        self.opt = self.sgd(list(self.model.parameters()) + list(self.head.parameters()))
+
+    def networks(self):
+        return {"model": self.model, "domain_head": self.head}
+
+    def optimizers(self):
+        return {"opt": self.opt}
+
+    def train_step(self, xs, ys, xt, yt, progress):
+        lam = dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max
+        self.head.grl.set_lambda(lam)
+        ns = xs.shape[0]
+        # one pass over both domains (the paper's minibatch: half source, half target)
+        f = self.model.features(torch.cat([xs, xt]))
+        label_loss = F.cross_entropy(self.model.classifier(self.model.label_hidden(f[:ns])), ys)
+        domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
+        loss = label_loss + domain_loss
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sync_grads(list(self.model.parameters()) + list(self.head.parameters()))
+        self.opt.step()
+        return {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
+                "domain_acc": domain_acc, "lambda": torch.tensor(lam)}
+
+    def predict(self, x):
+        return self.model(x)
+
+    def embed(self, x):
+        return self.model.embed(x)
