@@ -123,14 +123,16 @@ def plot_curves(records, path, title=""):
             axes[0].plot(*zip(*pts), label=key)
     axes[0].set_xlabel("step")
     axes[0].set_title("losses")
-    axes[0].legend()
+    if axes[0].lines:
+        axes[0].legend()
     for key in ("domain_acc", "lambda", "pseudo_label_acc"):
         pts = [(r["step"], r[key]) for r in train + evals if key in r]
         if pts:
             axes[1].plot(*zip(*pts), label=key)
     axes[1].set_xlabel("step")
     axes[1].set_title("domain classifier accuracy and lambda")
-    axes[1].legend()
+    if axes[1].lines:
+        axes[1].legend()
     for key in ("source_test_acc", "target_test_acc"):
         pts = [(r["step"], r[key]) for r in evals if key in r]
         if pts:
@@ -138,7 +140,8 @@ def plot_curves(records, path, title=""):
     axes[2].set_xlabel("step")
     axes[2].set_title("test accuracy")
     axes[2].set_ylim(0, 1)
-    axes[2].legend()
+    if axes[2].lines:
+        axes[2].legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -328,7 +328,7 @@ def train(cfg, progress=True):
     step = start
     interrupted = None
     try:
-        if start == 0 or cfg.method in ("cgdm",):
+        if start == 0:  # a resumed run restores the pseudo labels etc. from the checkpoint
             extra = method.on_epoch(start, *tensors["target_train"])
             if extra:
                 write_record({"kind": "refresh", "step": start, **extra})
@@ -341,7 +341,7 @@ def train(cfg, progress=True):
             if not method.uses_target_labels:
                 yt = None  # target labels never reach a method that must not see them
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
-                out = method.train_step(xs, ys, xt, yt, progress_p)
+                out = method.train_step(xs, ys, xt, yt, progress_p, target_index=ti)
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 last = {k: float(v) for k, v in out.items()}

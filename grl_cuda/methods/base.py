@@ -22,9 +22,11 @@ class Method:
         self.model_factory = model_factory
 
     # -- the loop's calls ---------------------------------------------------------------------
-    def train_step(self, xs, ys, xt, yt, progress):
+    def train_step(self, xs, ys, xt, yt, progress, target_index=None):
         """One step on a source batch (xs, ys) and a target batch (xt; yt only for
-        methods with uses_target_labels). Returns a dict of scalar tensors."""
+        methods with uses_target_labels; target_index: the batch's rows in the target
+        train set, for per-sample state such as pseudo labels). Returns a dict of
+        scalar tensors."""
         raise NotImplementedError
 
     def predict(self, x):

@@ -26,7 +26,7 @@ class DANN(Method):
     def optimizers(self):
         return {"opt": self.opt}
 
-    def train_step(self, xs, ys, xt, yt, progress):
+    def train_step(self, xs, ys, xt, yt, progress, target_index=None):
         lam = dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max
         self.head.grl.set_lambda(lam)
         ns = xs.shape[0]

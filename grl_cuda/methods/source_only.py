@@ -27,7 +27,7 @@ class SourceOnly(Method):
     def _batch(self, xs, ys, xt, yt):
         return xs, ys
 
-    def train_step(self, xs, ys, xt, yt, progress):
+    def train_step(self, xs, ys, xt, yt, progress, target_index=None):
         x, y = self._batch(xs, ys, xt, yt)
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)

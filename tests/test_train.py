@@ -1,0 +1,174 @@
+"""The training pipeline: learning happens, resume is bit-exact, interruption is
+safe, data-parallel runs, and the command line fails clearly on bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from grl_cuda import train as train_mod
+from grl_cuda.train import Config, EpochSampler, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("grl_data_train"))
+
+
+def cfg_for(tmp_path, data_dir, **kw):
+    base = dict(task="mnist-mnistm", method="dann", steps=40, out=str(tmp_path / "run"), data_dir=data_dir,
+                eval_every=20, log_every=10, ckpt_every=1000, plots=False)
+    base.update(kw)
+    return Config(**base)
+
+
+def test_epoch_sampler_covers_each_epoch_and_restores():
+    s = EpochSampler(10, 4, seed=0)
+    first = torch.cat([s.next() for _ in range(5)])  # 20 draws = two epochs
+    assert sorted(first[:10].tolist()) == list(range(10)) and sorted(first[10:].tolist()) == list(range(10))
+    state = s.state_dict()
+    a = [s.next() for _ in range(3)]
+    s.load_state_dict(state)
+    b = [s.next() for _ in range(3)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(len(x) == 4 for x in a)
+
+
+def test_short_dann_run_beats_chance_and_writes_outputs(tmp_path, data_dir):
+    summary = train(cfg_for(tmp_path, data_dir, steps=300, eval_every=100, plots=True), progress=False)
+    assert summary["source_test_acc"] > 0.4
+    assert summary["target_test_acc"] > 0.15  # chance is 0.1
+    out = tmp_path / "run"
+    for name in ("metrics.jsonl", "summary.json", "checkpoint.pt", "curves.png", "tsne.png"):
+        assert (out / name).exists(), name
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert train_records and {"label_loss", "domain_loss", "domain_acc", "lambda", "lr"} <= set(train_records[0])
+    assert train_records[-1]["lambda"] > train_records[0]["lambda"]  # the schedule ramps up
+    saved = json.load(open(out / "summary.json"))
+    assert saved["config"]["method"] == "dann" and "torch" in saved["versions"]
+
+
+def _final_state(out):
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    return ckpt["method"]["networks"]
+
+
+def _assert_same_run(out_a, out_b):
+    a, b = _final_state(out_a), _final_state(out_b)
+    for net in a:
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+    strip = lambda rec: {k: v for k, v in rec.items() if k not in ("train_seconds",)}  # noqa: E731
+    lines_a = [strip(json.loads(x)) for x in open(os.path.join(out_a, "metrics.jsonl"))]
+    lines_b = [strip(json.loads(x)) for x in open(os.path.join(out_b, "metrics.jsonl"))]
+    assert lines_a == lines_b
+    sa, sb = json.load(open(os.path.join(out_a, "summary.json"))), json.load(open(os.path.join(out_b, "summary.json")))
+    assert sa["target_test_acc"] == sb["target_test_acc"] and sa["source_test_acc"] == sb["source_test_acc"]
+
+
+@pytest.mark.parametrize("method", ["dann", "source-only"])
+def test_resume_is_bit_exact(tmp_path, data_dir, method):
+    straight = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "straight"))
+    train(straight, progress=False)
+    broken = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "broken"), stop_after=25)
+    assert train(broken, progress=False)["interrupted"]
+    resumed = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "broken"), resume=True)
+    train(resumed, progress=False)
+    _assert_same_run(str(tmp_path / "straight"), str(tmp_path / "broken"))
+
+
+def test_resume_refuses_other_runs_and_corrupt_checkpoints(tmp_path, data_dir):
+    cfg = cfg_for(tmp_path, data_dir, stop_after=10)
+    train(cfg, progress=False)
+    with pytest.raises(train_mod.CheckpointError, match="different run"):
+        train(cfg_for(tmp_path, data_dir, resume=True, seed=1), progress=False)
+    with open(tmp_path / "run" / "checkpoint.pt", "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(train_mod.CheckpointError, match="corrupt"):
+        train(cfg_for(tmp_path, data_dir, resume=True), progress=False)
+    with pytest.raises(train_mod.CheckpointError, match="no checkpoint"):
+        train(cfg_for(tmp_path, data_dir, resume=True, out=str(tmp_path / "nothing")), progress=False)
+
+
+def _cli(args, env_extra=None, **kw):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "grl_cuda.train", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, **kw)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "nope"], "unknown task"),
+    (["--method", "nope"], "unknown method"),
+    (["--source", "/no/such.npz", "--target", "/no/such.npz", "--target-test", "/no/such.npz"], "not found"),
+    (["--source", "x.npz"], "go together"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--amp"], "cuda" if not torch.cuda.is_available() else "amp"),
+])
+def test_cli_errors_are_one_line(tmp_path, data_dir, args, message):
+    result = _cli([*args, "--out", str(tmp_path / "o"), "--data-dir", data_dir, "--steps", "2"])
+    assert result.returncode == 2
+    assert message.lower() in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_wrong_npz_keys(tmp_path, data_dir):
+    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 28, 28), np.uint8), labels=np.zeros(4, int))
+    bad = str(tmp_path / "bad.npz")
+    result = _cli(["--source", bad, "--target", bad, "--target-test", bad, "--out", str(tmp_path / "o")])
+    assert result.returncode == 2 and "must hold arrays 'x'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_help_explains_flags():
+    result = _cli(["--help"])
+    assert result.returncode == 0
+    for flag in ("--task", "--method", "--steps", "--resume", "--device", "--amp", "--compile", "--source"):
+        assert flag in result.stdout
+
+
+def test_sigint_saves_a_checkpoint_and_resume_matches(tmp_path, data_dir):
+    common = ["--task", "mnist-mnistm", "--method", "dann", "--steps", "150", "--log-every", "5", "--eval-every",
+              "1000", "--ckpt-every", "1000", "--no-plots", "--data-dir", data_dir, "--threads", "1"]
+    straight = _cli([*common, "--out", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "grl_cuda.train", *common, "--out", str(tmp_path / "int")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "int" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in err and (tmp_path / "int" / "checkpoint.pt").exists()
+    resumed = _cli([*common, "--out", str(tmp_path / "int"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same_run(str(tmp_path / "straight"), str(tmp_path / "int"))
+
+
+def test_distributed_two_processes(tmp_path, data_dir):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "grl_cuda.train", "--task", "mnist-mnistm", "--method", "dann", "--steps", "30",
+           "--eval-every", "1000", "--no-plots", "--data-dir", data_dir, "--out", str(tmp_path / "ddp"),
+           "--stop-after", "15"]
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1 and "interrupted at step 15" in first.stderr, first.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert len(ckpt["per_rank"]) == 2 and ckpt["config"]["world_size"] == 2
+    resumed = subprocess.run([c for c in cmd if c not in ("--stop-after", "15")] + ["--resume"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.load(open(tmp_path / "ddp" / "summary.json"))
+    assert summary["config"]["world_size"] == 2 and summary["steps"] == 30
