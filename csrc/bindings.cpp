@@ -19,6 +19,14 @@ at::Tensor reverse_grad(const at::Tensor& grad, const grl_cuda::Lambda& lambda, 
   return grl_cuda::neg_scale_with(grad, lambda);
 }
 
+// The fused loss's backward: grad_logits = saved_grad * grad_loss * factor (factor
+// 1/n for a mean), one pass, in place when the saved gradient is exclusively ours.
+at::Tensor scale_saved_grad(const at::Tensor& saved, const at::Tensor& grad_loss, double factor, int64_t max_uses) {
+  grl_cuda::Lambda lambda = grl_cuda::resolve_lambda(grad_loss, saved);
+  lambda.host *= -factor;  // the kernel computes -lambda * x
+  return reverse_grad(saved, lambda, max_uses);
+}
+
 bool cuda_compiled() {
 #ifdef GRL_WITH_CUDA
   return true;
@@ -43,6 +51,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return reverse_grad(grad, grl_cuda::host_lambda(lambda), max_uses);
       },
       py::arg("grad"), py::arg("lambda_"), py::arg("max_uses"));
+  m.def("domain_bce_with_logits", &grl_cuda::domain_bce_with_logits, py::arg("logits"), py::arg("num_source"),
+        py::arg("weight_source"), py::arg("weight_target"), py::arg("reduction"),
+        "the fused loss's forward without the dispatcher (eager path); returns (loss, grad, accuracy)");
+  m.def("scale_saved_grad", &scale_saved_grad, py::arg("saved"), py::arg("grad_loss"), py::arg("factor"),
+        py::arg("max_uses"));
   m.def(
       "use_counts", [](const at::Tensor& t) { return std::make_pair(t.use_count(), t.storage().use_count()); },
       "(tensor references, storage references) as C++ sees them from here; for tests and diagnosis");

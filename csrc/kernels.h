@@ -7,12 +7,12 @@
 
 namespace grl_cuda {
 
-// The reversal's scale factor. A host value (a Python number, or a lambda tensor
-// that lives in CPU memory) or a one-element tensor on the kernel's device, read
-// by the kernel itself so that no host synchronisation happens and CUDA graphs
-// see updates. `device` is undefined when `host` is the value to use.
+// The reversal's scale factor: `host` times, when `device` is defined, the value
+// of that one-element tensor on the kernel's device. The kernel reads the device
+// value itself, so no host synchronisation happens and CUDA graphs see updates.
+// (A Python number, or a lambda tensor in CPU memory, is a host value.)
 struct Lambda {
-  double host = 0.0;
+  double host = 1.0;
   at::Tensor device;
 };
 
@@ -22,24 +22,27 @@ void copy_kernel_cpu(const at::Tensor& src, const at::Tensor& dst);
 
 // Binary cross-entropy with logits whose labels come from the row index: the
 // first `num_source` rows (each `inner` elements long) are source (label 0), the
-// rest target (label 1). Writes per-element weighted gradients sigmoid(z) - y
-// into `grad`, per-element weighted losses into `loss_elems` when it is defined,
-// and the sums of loss and hits into `sums` (float64 [loss_sum, hit_count]),
-// reduced deterministically (fixed chunks, fixed order).
+// rest target (label 1). In one pass writes the per-element weighted gradient
+// w * (sigmoid(z) - y) into `grad`, the per-element weighted loss into
+// `loss_elems` when it is defined, and, when they are defined, the 0-dim
+// `loss` (sum of weighted losses times `loss_scale`, in the logits' dtype) and
+// `accuracy` (float32 fraction of hits). Sums are reduced deterministically:
+// fixed chunks, fixed order, no float atomics.
 struct DomainBceArgs {
   int64_t num_source;
   int64_t inner;
   double weight_source;
   double weight_target;
+  double loss_scale;  // 1/n for a mean, 1 for a sum
 };
 void domain_bce_kernel_cpu(const at::Tensor& logits, const DomainBceArgs& args, const at::Tensor& grad,
-                           const at::Tensor& loss_elems, const at::Tensor& sums);
+                           const at::Tensor& loss_elems, const at::Tensor& loss, const at::Tensor& accuracy);
 
 #ifdef GRL_WITH_CUDA
 void neg_scale_kernel_cuda(const at::Tensor& src, const Lambda& lambda, const at::Tensor& dst);
 void copy_kernel_cuda(const at::Tensor& src, const at::Tensor& dst);
 void domain_bce_kernel_cuda(const at::Tensor& logits, const DomainBceArgs& args, const at::Tensor& grad,
-                            const at::Tensor& loss_elems, const at::Tensor& sums);
+                            const at::Tensor& loss_elems, const at::Tensor& loss, const at::Tensor& accuracy);
 #endif
 
 }  // namespace grl_cuda

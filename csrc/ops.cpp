@@ -82,7 +82,7 @@ Lambda resolve_lambda(const at::Tensor& lambda, const at::Tensor& like) {
   if (lambda.device().is_cpu()) {
     // CPU memory: reading it is not a device synchronisation. (NaN/inf in a
     // tensor lambda is not checked: checking a device tensor would need a sync.)
-    out.host = lambda.to(at::kDouble).const_data_ptr<double>()[0];
+    out.host = lambda.to(at::kDouble).const_data_ptr<double>()[0];  // one element, CPU: no sync
   } else {
     const auto opmath = at::toOpMathType(like.scalar_type());
     out.device = lambda.scalar_type() == opmath ? lambda : lambda.to(opmath);
@@ -150,29 +150,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_bce_with_logits(const at::
 
   const at::Tensor z = logits.contiguous();  // labels come from the flat row index
   const int64_t n = z.numel();
-  DomainBceArgs args{num_source, rows == 0 ? 0 : n / rows, weight_source, weight_target};
-  at::Tensor grad = at::empty(z.sizes(), z.options());
-  at::Tensor loss_elems = reduction == "none" ? at::empty(z.sizes(), z.options()) : at::Tensor();
-  at::Tensor sums = at::zeros({2}, z.options().dtype(at::kDouble));
-  if (n > 0) {
-    if (on_cuda(z)) {
-      require_cuda_build();
-#ifdef GRL_WITH_CUDA
-      domain_bce_kernel_cuda(z, args, grad, loss_elems, sums);
-#endif
-    } else {
-      domain_bce_kernel_cpu(z, args, grad, loss_elems, sums);
-    }
-  }
+  const bool none = reduction == "none";
   // Empty spatial extent: mean and accuracy are 0/0 = NaN, as in PyTorch.
-  const double inv_n = n > 0 ? 1.0 / static_cast<double>(n) : std::nan("");
-  at::Tensor accuracy = sums.select(0, 1).mul(inv_n).to(at::kFloat);
-  at::Tensor loss;
-  if (reduction == "none") {
-    loss = loss_elems;
+  const double loss_scale = reduction == "mean" ? (n > 0 ? 1.0 / static_cast<double>(n) : std::nan("")) : 1.0;
+  DomainBceArgs args{num_source, n / rows, weight_source, weight_target, loss_scale};
+  at::Tensor grad = at::empty(z.sizes(), z.options());
+  at::Tensor loss = none ? at::empty(z.sizes(), z.options()) : at::empty({}, z.options());
+  at::Tensor accuracy = at::empty({}, z.options().dtype(at::kFloat));
+  if (n == 0) {
+    if (!none) loss.fill_(reduction == "mean" ? std::nan("") : 0.0);
+    accuracy.fill_(std::nan(""));
+    return {loss, grad, accuracy};
+  }
+  const at::Tensor loss_elems = none ? loss : at::Tensor();
+  const at::Tensor loss_total = none ? at::Tensor() : loss;
+  if (on_cuda(z)) {
+    require_cuda_build();
+#ifdef GRL_WITH_CUDA
+    domain_bce_kernel_cuda(z, args, grad, loss_elems, loss_total, accuracy);
+#endif
   } else {
-    at::Tensor total = sums.select(0, 0);
-    loss = (reduction == "mean" ? total.mul(inv_n) : total).to(z.scalar_type());
+    domain_bce_kernel_cpu(z, args, grad, loss_elems, loss_total, accuracy);
   }
   return {loss, grad, accuracy};
 }

@@ -3,6 +3,7 @@
 import torch
 
 from . import _C
+from ._ops import domain_labels_and_weights
 from ._validation import check_float_tensor, check_lambda
 
 ops = torch.ops.grl_cuda
@@ -99,6 +100,45 @@ def neg_scale(x, lambda_=1.0):
     return ops.neg_scale(x, _lambda_tensor(lambda_, x))
 
 
+class _DomainBce(torch.autograd.Function):
+    """Eager path of the fused loss: the forward kernel keeps the gradient, the
+    backward scales that buffer in place (it was never handed out) by the incoming
+    gradient, read on the device."""
+
+    @staticmethod
+    def forward(ctx, logits, num_source, weight_source, weight_target, reduction):
+        loss, grad, accuracy = _C.domain_bce_with_logits(logits, num_source, weight_source, weight_target, reduction)
+        ctx.mark_non_differentiable(accuracy)
+        ctx.save_for_backward(logits)
+        ctx.saved_grad = grad
+        ctx.args = (num_source, weight_source, weight_target, reduction)
+        return loss, accuracy
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_accuracy):
+        (logits,) = ctx.saved_tensors
+        num_source, weight_source, weight_target, reduction = ctx.args
+        saved, ctx.saved_grad = ctx.saved_grad, None
+        scale = 1.0 / logits.numel() if reduction == "mean" else 1.0
+        if saved is None and not torch.is_grad_enabled():
+            # a repeated backward (retain_graph=True): the same kernel recomputes the buffer
+            _, saved, _ = _C.domain_bce_with_logits(logits, num_source, weight_source, weight_target, reduction)
+        if torch.is_grad_enabled():
+            # create_graph=True: a differentiable formula, so a second derivative sees the logits
+            labels, weights = domain_labels_and_weights(logits, num_source, weight_source, weight_target)
+            grad = weights * (torch.sigmoid(logits) - labels) * (grad_loss * scale)
+        elif reduction == "none":
+            grad = saved.mul_(grad_loss)
+        else:
+            grad = _C.scale_saved_grad(saved, grad_loss.detach(), scale, _OWNED_BUFFER_USES)
+        return grad, None, None, None, None
+
+
+# The saved gradient buffer is made by our forward and never handed out, so any
+# reference count is ours: let the in-place path take it.
+_OWNED_BUFFER_USES = 1 << 30
+
+
 def domain_bce_with_logits(
     logits,
     num_source,
@@ -138,5 +178,10 @@ def domain_bce_with_logits(
     weight_target = check_lambda(weight_target, name="weight_target")
     if isinstance(weight_source, torch.Tensor) or isinstance(weight_target, torch.Tensor):
         raise TypeError("grl_cuda: weight_source and weight_target must be Python floats.")
-    loss, _, accuracy = ops.domain_bce_with_logits(logits, num_source, weight_source, weight_target, reduction)
+    if torch.compiler.is_compiling():
+        loss, _, accuracy = ops.domain_bce_with_logits(logits, num_source, weight_source, weight_target, reduction)
+    else:
+        if torch.is_autocast_enabled(logits.device.type) and logits.dtype != torch.float64:
+            logits = logits.float()  # PyTorch's autocast policy for BCE-with-logits: float32
+        loss, accuracy = _DomainBce.apply(logits, num_source, weight_source, weight_target, reduction)
     return (loss, accuracy) if return_accuracy else loss

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cstring>
 #include <vector>
 
@@ -12,6 +13,14 @@
 #include "../kernels.h"
 
 namespace grl_cuda {
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// bce_avx2.cpp: the float loop compiled for AVX2 + FMA, used when the CPU has them
+// (ATen picks its own CPU kernels the same way, at run time).
+void bce_span_float_avx2(const float* z_ptr, float* g_ptr, float* loss, float* hit, int len, bool is_target,
+                         float w);
+#endif
+
 namespace {
 
 // Elementwise work below this size stays on one thread: waking the pool costs more.
@@ -20,8 +29,47 @@ constexpr int64_t kGrainSize = 32768;
 // the chunk partials in index order: the same input gives bitwise the same sum.
 constexpr int64_t kReduceChunk = 16384;
 
+// One run of elements that share a domain label (the loss's labels are constant
+// over each side of the source/target boundary, so no per-element index test):
+// a branch-free loop the compiler vectorises.
+template <typename scalar_t, typename opmath_t>
+inline void bce_span(const scalar_t* __restrict__ z_ptr, scalar_t* __restrict__ g_ptr, opmath_t* __restrict__ loss,
+                     opmath_t* __restrict__ hit, int len, bool is_target, opmath_t w) {
+  const opmath_t y = is_target ? opmath_t(1) : opmath_t(0);
+  for (int j = 0; j < len; ++j) {
+    const opmath_t z = static_cast<opmath_t>(z_ptr[j]);
+    opmath_t l, g;
+    math::bce_with_logits(z, y, l, g);
+    g_ptr[j] = static_cast<scalar_t>(w * g);
+    loss[j] = w * l;
+    hit[j] = math::bce_hit(z, is_target) ? opmath_t(1) : opmath_t(0);  // float, not int: keeps the loop vectorised
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+bool cpu_has_avx2_fma() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+#define GRL_HAVE_AVX2_PATH 1
+#endif
+
+template <typename scalar_t, typename opmath_t>
+inline void bce_span_dispatch(const scalar_t* z_ptr, scalar_t* g_ptr, opmath_t* loss, opmath_t* hit, int len,
+                              bool is_target, opmath_t w) {
+#ifdef GRL_HAVE_AVX2_PATH
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (cpu_has_avx2_fma()) {
+      bce_span_float_avx2(z_ptr, g_ptr, loss, hit, len, is_target, w);
+      return;
+    }
+  }
+#endif
+  bce_span<scalar_t, opmath_t>(z_ptr, g_ptr, loss, hit, len, is_target, w);
+}
+
 double read_host_lambda(const Lambda& lambda) {
-  TORCH_INTERNAL_ASSERT(!lambda.device.defined(), "CPU kernels take lambda as a host value");
+  TORCH_INTERNAL_ASSERT(!lambda.device.defined(), "the op layer resolves CPU lambdas to host values");
   return lambda.host;
 }
 
@@ -56,7 +104,7 @@ void copy_kernel_cpu(const at::Tensor& src, const at::Tensor& dst) {
 }
 
 void domain_bce_kernel_cpu(const at::Tensor& logits, const DomainBceArgs& args, const at::Tensor& grad,
-                           const at::Tensor& loss_elems, const at::Tensor& sums) {
+                           const at::Tensor& loss_elems, const at::Tensor& loss, const at::Tensor& accuracy) {
   const int64_t n = logits.numel();
   const int64_t num_chunks = (n + kReduceChunk - 1) / kReduceChunk;
   std::vector<double> loss_partial(num_chunks, 0.0);
@@ -72,37 +120,62 @@ void domain_bce_kernel_cpu(const at::Tensor& logits, const DomainBceArgs& args, 
     const opmath_t w_tgt = static_cast<opmath_t>(args.weight_target);
 
     at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      // Blocks small enough for the stack; the element loop has no reduction in
+      // it, so it vectorises, and the block is then added into fixed lanes.
+      constexpr int kBlock = 256;
+      constexpr int kLanes = 8;
+      opmath_t loss_block[kBlock];
+      opmath_t hit_block[kBlock];
       for (int64_t c = chunk_begin; c < chunk_end; ++c) {
-        const int64_t begin = c * kReduceChunk;
-        const int64_t end = std::min(n, begin + kReduceChunk);
+        double lanes[kLanes] = {0};
+        double hit_lanes[kLanes] = {0};
+        const int64_t chunk_stop = std::min(n, (c + 1) * kReduceChunk);
+        for (int64_t base = c * kReduceChunk; base < chunk_stop; base += kBlock) {
+          const int len = static_cast<int>(std::min<int64_t>(kBlock, chunk_stop - base));
+          const int n_source = static_cast<int>(std::clamp<int64_t>(first_target - base, 0, len));
+          bce_span_dispatch(z_ptr + base, g_ptr + base, loss_block, hit_block, n_source, false, w_src);
+          bce_span_dispatch(z_ptr + base + n_source, g_ptr + base + n_source, loss_block + n_source,
+                            hit_block + n_source, len - n_source, true, w_tgt);
+          if (l_ptr != nullptr) {
+            for (int j = 0; j < len; ++j) l_ptr[base + j] = static_cast<scalar_t>(loss_block[j]);
+          }
+          int j = 0;
+          for (; j + kLanes <= len; j += kLanes) {
+            for (int k = 0; k < kLanes; ++k) {
+              lanes[k] += static_cast<double>(loss_block[j + k]);
+              hit_lanes[k] += static_cast<double>(hit_block[j + k]);
+            }
+          }
+          for (; j < len; ++j) {
+            lanes[0] += static_cast<double>(loss_block[j]);
+            hit_lanes[0] += static_cast<double>(hit_block[j]);
+          }
+        }
         double loss_sum = 0.0;
         int64_t hits = 0;
-        for (int64_t i = begin; i < end; ++i) {
-          const bool is_target = i >= first_target;
-          const opmath_t z = static_cast<opmath_t>(z_ptr[i]);
-          const opmath_t y = is_target ? opmath_t(1) : opmath_t(0);
-          const opmath_t w = is_target ? w_tgt : w_src;
-          const opmath_t loss = w * math::bce_with_logits(z, y);
-          g_ptr[i] = static_cast<scalar_t>(w * math::bce_with_logits_grad(z, y));
-          if (l_ptr != nullptr) l_ptr[i] = static_cast<scalar_t>(loss);
-          loss_sum += static_cast<double>(loss);
-          hits += math::bce_hit(z, is_target) ? 1 : 0;
+        for (int k = 0; k < kLanes; ++k) {
+          loss_sum += lanes[k];
+          hits += static_cast<int64_t>(hit_lanes[k]);
         }
         loss_partial[c] = loss_sum;
         hit_partial[c] = hits;
       }
     });
-  });
 
-  double loss_total = 0.0;
-  int64_t hit_total = 0;
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    loss_total += loss_partial[c];
-    hit_total += hit_partial[c];
-  }
-  double* out = sums.mutable_data_ptr<double>();
-  out[0] = loss_total;
-  out[1] = static_cast<double>(hit_total);
+    double loss_total = 0.0;
+    int64_t hit_total = 0;
+    for (int64_t c = 0; c < num_chunks; ++c) {
+      loss_total += loss_partial[c];
+      hit_total += hit_partial[c];
+    }
+    if (loss.defined()) {
+      loss.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(loss_total * args.loss_scale);
+    }
+    if (accuracy.defined()) {
+      accuracy.mutable_data_ptr<float>()[0] =
+          n > 0 ? static_cast<float>(static_cast<double>(hit_total) / static_cast<double>(n)) : NAN;
+    }
+  });
 }
 
 }  // namespace grl_cuda

@@ -30,11 +30,11 @@ struct alignas(sizeof(T) * N) Vec {
   T val[N];
 };
 
-// lambda read on the device when a pointer is given (no host sync; CUDA graphs
-// replay the current value), else the host value baked into the launch.
+// lambda = host factor times the device value when a pointer is given (read on
+// the device: no host sync, and CUDA graphs replay the current value).
 template <typename opmath_t>
 __device__ __forceinline__ opmath_t load_lambda(const opmath_t* device_lambda, opmath_t host_lambda) {
-  return device_lambda != nullptr ? *device_lambda : host_lambda;
+  return device_lambda != nullptr ? *device_lambda * host_lambda : host_lambda;
 }
 
 template <typename scalar_t, typename Op>
@@ -123,8 +123,10 @@ __global__ void __launch_bounds__(kThreads) domain_bce_partials_kernel(
     const opmath_t z = static_cast<opmath_t>(logits[i]);
     const opmath_t y = is_target ? opmath_t(1) : opmath_t(0);
     const opmath_t w = is_target ? w_tgt : w_src;
-    const opmath_t loss = w * math::bce_with_logits(z, y);
-    grad[i] = static_cast<scalar_t>(w * math::bce_with_logits_grad(z, y));
+    opmath_t l, g;
+    math::bce_with_logits(z, y, l, g);
+    const opmath_t loss = w * l;
+    grad[i] = static_cast<scalar_t>(w * g);
     if (loss_elems != nullptr) loss_elems[i] = static_cast<scalar_t>(loss);
     loss_sum += static_cast<double>(loss);
     hits += math::bce_hit(z, is_target) ? 1ull : 0ull;
@@ -148,9 +150,10 @@ __global__ void __launch_bounds__(kThreads) domain_bce_partials_kernel(
 
 // ---- stage 2: one block adds the partials in a fixed order -------------------------------------
 
+template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) domain_bce_final_kernel(
     const double* __restrict__ loss_partial, const unsigned long long* __restrict__ hit_partial, int num_partials,
-    double* __restrict__ sums) {
+    double loss_scale, double inv_n, scalar_t* __restrict__ loss_out, float* __restrict__ accuracy_out) {
   __shared__ double loss_shared[kThreads];
   __shared__ unsigned long long hit_shared[kThreads];
   double loss_sum = 0.0;
@@ -170,8 +173,8 @@ __global__ void __launch_bounds__(kThreads) domain_bce_final_kernel(
     __syncthreads();
   }
   if (threadIdx.x == 0) {
-    sums[0] = loss_shared[0];
-    sums[1] = static_cast<double>(hit_shared[0]);
+    if (loss_out != nullptr) loss_out[0] = static_cast<scalar_t>(loss_shared[0] * loss_scale);
+    if (accuracy_out != nullptr) accuracy_out[0] = static_cast<float>(static_cast<double>(hit_shared[0]) * inv_n);
   }
 }
 
@@ -197,7 +200,7 @@ void copy_kernel_cuda(const at::Tensor& src, const at::Tensor& dst) {
 }
 
 void domain_bce_kernel_cuda(const at::Tensor& logits, const DomainBceArgs& args, const at::Tensor& grad,
-                            const at::Tensor& loss_elems, const at::Tensor& sums) {
+                            const at::Tensor& loss_elems, const at::Tensor& loss, const at::Tensor& accuracy) {
   const c10::cuda::CUDAGuard guard(logits.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = logits.numel();
@@ -214,10 +217,12 @@ void domain_bce_kernel_cuda(const at::Tensor& logits, const DomainBceArgs& args,
         args.num_source * args.inner, static_cast<opmath_t>(args.weight_source),
         static_cast<opmath_t>(args.weight_target), loss_partial, hit_partial);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    domain_bce_final_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+        loss_partial, hit_partial, blocks, args.loss_scale, 1.0 / static_cast<double>(n),
+        loss.defined() ? loss.mutable_data_ptr<scalar_t>() : nullptr,
+        accuracy.defined() ? accuracy.mutable_data_ptr<float>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  domain_bce_final_kernel<<<1, kThreads, 0, stream>>>(loss_partial, hit_partial, blocks,
-                                                      sums.mutable_data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace grl_cuda
