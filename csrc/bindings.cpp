@@ -54,6 +54,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("domain_bce_with_logits", &grl_cuda::domain_bce_with_logits, py::arg("logits"), py::arg("num_source"),
         py::arg("weight_source"), py::arg("weight_target"), py::arg("reduction"),
         "the fused loss's forward without the dispatcher (eager path); returns (loss, grad, accuracy)");
+  m.def("domain_cross_entropy", &grl_cuda::domain_cross_entropy, py::arg("logits"), py::arg("domains"),
+        py::arg("reduction"), "the K-way loss's forward without the dispatcher (eager path)");
   m.def("scale_saved_grad", &scale_saved_grad, py::arg("saved"), py::arg("grad_loss"), py::arg("factor"),
         py::arg("max_uses"));
   m.def(

@@ -106,5 +106,35 @@ GRL_HOST_DEVICE bool bce_hit(opmath_t z, bool is_target) {
   return is_target ? (z > opmath_t(0)) : (z <= opmath_t(0));
 }
 
+// Softmax cross-entropy of one row of K logits (stride `stride` between them)
+// against the class `label`, for the K-way domain loss:
+//   loss = logsumexp(z) - z[label],  dloss/dz_k = softmax(z)_k - [k == label]
+// The gradient goes to `grad` (same stride); returns whether the row's argmax is
+// `label` (first maximum wins, NaN rows miss). A label outside [0, K) gives NaN.
+template <typename scalar_t, typename opmath_t>
+GRL_HOST_DEVICE bool softmax_xent_row(const scalar_t* z, int64_t k, int64_t stride, int64_t label, scalar_t* grad,
+                                      opmath_t& loss) {
+  opmath_t m = static_cast<opmath_t>(z[0]);
+  int64_t argmax = 0;
+  for (int64_t j = 1; j < k; ++j) {
+    const opmath_t v = static_cast<opmath_t>(z[j * stride]);
+    if (v > m || (v != v && m == m)) {  // NaN wins so that it propagates
+      m = v;
+      argmax = j;
+    }
+  }
+  opmath_t sum = 0;
+  for (int64_t j = 0; j < k; ++j) sum += exp_nonpositive(static_cast<opmath_t>(z[j * stride]) - m);
+  const opmath_t lse = m + static_cast<opmath_t>(::log(sum));
+  const bool valid = label >= 0 && label < k;
+  const opmath_t nan = static_cast<opmath_t>(NAN);
+  loss = valid ? lse - static_cast<opmath_t>(z[label * stride]) : nan;
+  for (int64_t j = 0; j < k; ++j) {
+    const opmath_t p = exp_nonpositive(static_cast<opmath_t>(z[j * stride]) - lse);
+    grad[j * stride] = static_cast<scalar_t>(valid ? p - (j == label ? opmath_t(1) : opmath_t(0)) : nan);
+  }
+  return valid && argmax == label;
+}
+
 }  // namespace math
 }  // namespace grl_cuda

@@ -175,6 +175,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_bce_with_logits(const at::
   return {loss, grad, accuracy};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_cross_entropy(const at::Tensor& logits, const at::Tensor& domains,
+                                                                    const std::string& reduction) {
+  check_float_tensor(logits, "logits");
+  TORCH_CHECK_VALUE(logits.dim() == 2 && logits.size(1) >= 2, "grl_cuda: logits must have shape (N, K) with K >= 2 "
+                    "domains, got ", logits.sizes(), ". For two domains with one logit use domain_bce_with_logits.");
+  TORCH_CHECK_VALUE(logits.size(0) > 0, "grl_cuda: logits is an empty batch (N = 0); pass at least one row.");
+  TORCH_CHECK_TYPE(domains.scalar_type() == at::kLong, "grl_cuda: domains must be an int64 tensor of domain ids, got ",
+                   domains.scalar_type(), ".");
+  TORCH_CHECK_VALUE(domains.dim() == 1 && domains.size(0) == logits.size(0), "grl_cuda: domains must have shape (N,) = (",
+                    logits.size(0), ",), got ", domains.sizes(), ".");
+  TORCH_CHECK_VALUE(domains.device() == logits.device(), "grl_cuda: domains is on ", domains.device(),
+                    " but logits is on ", logits.device(), ".");
+  TORCH_CHECK_VALUE(reduction == "mean" || reduction == "sum" || reduction == "none",
+                    "grl_cuda: reduction must be 'mean', 'sum' or 'none', got '", reduction, "'.");
+  const at::Tensor z = logits.contiguous();
+  const at::Tensor ids = domains.contiguous();
+  const int64_t rows = z.size(0);
+  const bool none = reduction == "none";
+  const double loss_scale = reduction == "mean" ? 1.0 / static_cast<double>(rows) : 1.0;
+  at::Tensor grad = at::empty(z.sizes(), z.options());
+  at::Tensor loss = none ? at::empty({rows}, z.options()) : at::empty({}, z.options());
+  at::Tensor accuracy = at::empty({}, z.options().dtype(at::kFloat));
+  const at::Tensor loss_elems = none ? loss : at::Tensor();
+  const at::Tensor loss_total = none ? at::Tensor() : loss;
+  if (on_cuda(z)) {
+    require_cuda_build();
+#ifdef GRL_WITH_CUDA
+    domain_xent_kernel_cuda(z, ids, loss_scale, grad, loss_elems, loss_total, accuracy);
+#endif
+  } else {
+    domain_xent_kernel_cpu(z, ids, loss_scale, grad, loss_elems, loss_total, accuracy);
+  }
+  return {loss, grad, accuracy};
+}
+
 // ---- registration ------------------------------------------------------------------------------
 
 namespace {
@@ -182,6 +217,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_bce_with_logits_op(const a
                                                                          double weight_source, double weight_target,
                                                                          c10::string_view reduction) {
   return domain_bce_with_logits(logits, num_source, weight_source, weight_target, std::string(reduction));
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_cross_entropy_op(const at::Tensor& logits,
+                                                                       const at::Tensor& domains,
+                                                                       c10::string_view reduction) {
+  return domain_cross_entropy(logits, domains, std::string(reduction));
 }
 }  // namespace
 
@@ -192,6 +232,8 @@ TORCH_LIBRARY(grl_cuda, m) {
   m.def(
       "domain_bce_with_logits(Tensor logits, int num_source, float weight_source, float weight_target, "
       "str reduction) -> (Tensor loss, Tensor grad, Tensor accuracy)");
+  m.def("domain_cross_entropy(Tensor logits, Tensor domains, str reduction) -> (Tensor loss, Tensor grad, "
+        "Tensor accuracy)");
 }
 
 // One implementation serves both backends: the op layer picks the loop by device.
@@ -200,6 +242,7 @@ TORCH_LIBRARY_IMPL(grl_cuda, CPU, m) {
   m.impl("neg_scale_", &neg_scale_);
   m.impl("copy", &copy);
   m.impl("domain_bce_with_logits", &domain_bce_with_logits_op);
+  m.impl("domain_cross_entropy", &domain_cross_entropy_op);
 }
 
 #ifdef GRL_WITH_CUDA
@@ -208,6 +251,7 @@ TORCH_LIBRARY_IMPL(grl_cuda, CUDA, m) {
   m.impl("neg_scale_", &neg_scale_);
   m.impl("copy", &copy);
   m.impl("domain_bce_with_logits", &domain_bce_with_logits_op);
+  m.impl("domain_cross_entropy", &domain_cross_entropy_op);
 }
 #endif
 

@@ -33,6 +33,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_bce_with_logits(const at::
                                                                       double weight_source, double weight_target,
                                                                       const std::string& reduction);
 
+// K-way variant: (N, K) logits, (N,) int64 domain ids; returns (loss, grad, accuracy).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_cross_entropy(const at::Tensor& logits, const at::Tensor& domains,
+                                                                    const std::string& reduction);
+
 // True when `grad` may be overwritten in place by the reversal's backward:
 // nothing but the autograd engine's hand-off (at most `max_uses` references to
 // the tensor) shares it, its storage is its own, and it is dense.

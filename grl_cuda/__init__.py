@@ -17,7 +17,13 @@ except ImportError as exc:  # pragma: no cover - exercised by hand on broken ins
     ) from exc
 
 from . import _ops  # noqa: F401,E402  (fake, autograd and autocast registrations)
-from .functional import GradReverse, domain_bce_with_logits, grad_reverse, neg_scale  # noqa: E402
+from .functional import (  # noqa: E402
+    GradReverse,
+    domain_bce_with_logits,
+    domain_cross_entropy,
+    grad_reverse,
+    neg_scale,
+)
 from .modules import (  # noqa: E402
     DomainAdversarialLoss,
     DomainDiscriminator,
@@ -49,6 +55,7 @@ __all__ = [
     "grad_reverse",
     "neg_scale",
     "domain_bce_with_logits",
+    "domain_cross_entropy",
     "GradientReversal",
     "WarmStartGradientReversal",
     "GradientReversalLinear",

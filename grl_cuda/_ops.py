@@ -96,3 +96,41 @@ torch.library.register_autograd(
 # As PyTorch's autocast policy does for binary_cross_entropy_with_logits: compute in float32.
 for _device in ("cpu", "cuda"):
     torch.library.register_autocast("grl_cuda::domain_bce_with_logits", _device, torch.float32)
+
+
+# ---- domain_cross_entropy (K domains) --------------------------------------------------------------
+
+@torch.library.register_fake("grl_cuda::domain_cross_entropy")
+def _domain_xent_fake(logits, domains, reduction):
+    loss = logits.new_empty((logits.shape[0],)) if reduction == "none" else logits.new_empty(())
+    return loss, logits.new_empty(logits.shape), logits.new_empty((), dtype=torch.float32)
+
+
+def _domain_xent_setup(ctx, inputs, output):
+    logits, domains, reduction = inputs
+    _, grad, accuracy = output
+    ctx.mark_non_differentiable(grad, accuracy)
+    ctx.save_for_backward(logits, domains, grad)
+    ctx.reduction = reduction
+
+
+def xent_grad_formula(logits, domains):
+    """softmax(logits) - one_hot(domains): the gradient as differentiable ops."""
+    return torch.softmax(logits, dim=1) - torch.nn.functional.one_hot(domains, logits.shape[1]).to(logits.dtype)
+
+
+def _domain_xent_backward(ctx, grad_loss, grad_grad, grad_accuracy):
+    logits, domains, saved_grad = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        saved_grad = xent_grad_formula(logits, domains)
+    if ctx.reduction == "none":
+        return saved_grad * grad_loss[:, None], None, None
+    if ctx.reduction == "mean":
+        grad_loss = grad_loss / logits.shape[0]
+    return saved_grad * grad_loss.to(saved_grad.dtype), None, None
+
+
+torch.library.register_autograd("grl_cuda::domain_cross_entropy", _domain_xent_backward,
+                                setup_context=_domain_xent_setup)
+for _device in ("cpu", "cuda"):
+    torch.library.register_autocast("grl_cuda::domain_cross_entropy", _device, torch.float32)

@@ -3,7 +3,7 @@
 import torch
 
 from . import _C
-from ._ops import domain_labels_and_weights
+from ._ops import domain_labels_and_weights, xent_grad_formula
 from ._validation import check_float_tensor, check_lambda
 
 ops = torch.ops.grl_cuda
@@ -184,4 +184,59 @@ def domain_bce_with_logits(
         if torch.is_autocast_enabled(logits.device.type) and logits.dtype != torch.float64:
             logits = logits.float()  # PyTorch's autocast policy for BCE-with-logits: float32
         loss, accuracy = _DomainBce.apply(logits, num_source, weight_source, weight_target, reduction)
+    return (loss, accuracy) if return_accuracy else loss
+
+
+class _DomainCrossEntropy(torch.autograd.Function):
+    """Eager path of the K-way loss (same scheme as _DomainBce)."""
+
+    @staticmethod
+    def forward(ctx, logits, domains, reduction):
+        loss, grad, accuracy = _C.domain_cross_entropy(logits, domains, reduction)
+        ctx.mark_non_differentiable(accuracy)
+        ctx.save_for_backward(logits, domains)
+        ctx.saved_grad = grad
+        ctx.reduction = reduction
+        return loss, accuracy
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_accuracy):
+        logits, domains = ctx.saved_tensors
+        saved, ctx.saved_grad = ctx.saved_grad, None
+        if saved is None and not torch.is_grad_enabled():  # a repeated backward: same kernel, same numbers
+            _, saved, _ = _C.domain_cross_entropy(logits, domains, ctx.reduction)
+        if torch.is_grad_enabled():
+            saved = xent_grad_formula(logits, domains)
+            if ctx.reduction == "none":
+                return saved * grad_loss[:, None], None, None
+            scale = 1.0 / logits.shape[0] if ctx.reduction == "mean" else 1.0
+            return saved * (grad_loss * scale), None, None
+        if ctx.reduction == "none":
+            return saved.mul_(grad_loss[:, None]), None, None
+        scale = 1.0 / logits.shape[0] if ctx.reduction == "mean" else 1.0
+        return _C.scale_saved_grad(saved, grad_loss.detach(), scale, _OWNED_BUFFER_USES), None, None
+
+
+def domain_cross_entropy(logits, domains, *, reduction="mean", return_accuracy=False):
+    """Multi-domain adversarial loss (K > 2 domains, e.g. multi-source DANN), fused:
+    softmax cross-entropy of each row against its domain id, its gradient and the
+    domain classifier's accuracy in one pass.
+
+    Args:
+        logits: (N, K) floating tensor, K >= 2.
+        domains: (N,) int64 domain ids in [0, K) (an id outside gives NaN for its row).
+        reduction: "mean" (over rows), "sum" or "none" (per-row losses).
+        return_accuracy: also return the fraction of rows whose argmax is their domain.
+    """
+    check_float_tensor(logits, "logits")
+    if not isinstance(domains, torch.Tensor):
+        raise TypeError(f"grl_cuda: domains must be an int64 tensor, got {type(domains).__name__}.")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"grl_cuda: reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+    if torch.compiler.is_compiling():
+        loss, _, accuracy = ops.domain_cross_entropy(logits, domains, reduction)
+    else:
+        if torch.is_autocast_enabled(logits.device.type) and logits.dtype != torch.float64:
+            logits = logits.float()
+        loss, accuracy = _DomainCrossEntropy.apply(logits, domains, reduction)
     return (loss, accuracy) if return_accuracy else loss

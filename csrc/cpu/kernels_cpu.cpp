@@ -178,4 +178,46 @@ void domain_bce_kernel_cpu(const at::Tensor& logits, const DomainBceArgs& args, 
   });
 }
 
+void domain_xent_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
+                            const at::Tensor& grad, const at::Tensor& loss_elems, const at::Tensor& loss,
+                            const at::Tensor& accuracy) {
+  const int64_t rows = logits.size(0);
+  const int64_t k = logits.size(1);
+  constexpr int64_t kRowChunk = 1024;  // fixed, so the sum is the same for any thread count
+  const int64_t num_chunks = (rows + kRowChunk - 1) / kRowChunk;
+  std::vector<double> loss_partial(num_chunks, 0.0);
+  std::vector<int64_t> hit_partial(num_chunks, 0);
+  const int64_t* ids = domains.const_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "domain_xent_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* z = logits.const_data_ptr<scalar_t>();
+    scalar_t* g = grad.mutable_data_ptr<scalar_t>();
+    scalar_t* l = loss_elems.defined() ? loss_elems.mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+        double loss_sum = 0.0;
+        int64_t hits = 0;
+        for (int64_t r = c * kRowChunk; r < std::min(rows, (c + 1) * kRowChunk); ++r) {
+          opmath_t row_loss;
+          hits += math::softmax_xent_row<scalar_t, opmath_t>(z + r * k, k, 1, ids[r], g + r * k, row_loss) ? 1 : 0;
+          if (l != nullptr) l[r] = static_cast<scalar_t>(row_loss);
+          loss_sum += static_cast<double>(row_loss);
+        }
+        loss_partial[c] = loss_sum;
+        hit_partial[c] = hits;
+      }
+    });
+    double loss_total = 0.0;
+    int64_t hit_total = 0;
+    for (int64_t c = 0; c < num_chunks; ++c) {
+      loss_total += loss_partial[c];
+      hit_total += hit_partial[c];
+    }
+    if (loss.defined()) loss.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(loss_total * loss_scale);
+    if (accuracy.defined()) {
+      accuracy.mutable_data_ptr<float>()[0] = static_cast<float>(static_cast<double>(hit_total) / rows);
+    }
+  });
+}
+
 }  // namespace grl_cuda

@@ -148,10 +148,45 @@ __global__ void __launch_bounds__(kThreads) domain_bce_partials_kernel(
   }
 }
 
+// ---- K-way loss, stage 1: one thread per row, per-block partials ------------------------------
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) domain_xent_partials_kernel(
+    const scalar_t* __restrict__ logits, const int64_t* __restrict__ ids, scalar_t* __restrict__ grad,
+    scalar_t* __restrict__ loss_elems, int64_t rows, int64_t k, double* __restrict__ loss_partial,
+    unsigned long long* __restrict__ hit_partial) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  __shared__ double loss_shared[kThreads];
+  __shared__ unsigned long long hit_shared[kThreads];
+  double loss_sum = 0.0;
+  unsigned long long hits = 0;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += stride) {
+    opmath_t row_loss;
+    hits += math::softmax_xent_row<scalar_t, opmath_t>(logits + r * k, k, 1, ids[r], grad + r * k, row_loss) ? 1ull : 0ull;
+    if (loss_elems != nullptr) loss_elems[r] = static_cast<scalar_t>(row_loss);
+    loss_sum += static_cast<double>(row_loss);
+  }
+  loss_shared[threadIdx.x] = loss_sum;
+  hit_shared[threadIdx.x] = hits;
+  __syncthreads();
+  for (int offset = kThreads / 2; offset > 0; offset /= 2) {
+    if (threadIdx.x < offset) {
+      loss_shared[threadIdx.x] += loss_shared[threadIdx.x + offset];
+      hit_shared[threadIdx.x] += hit_shared[threadIdx.x + offset];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    loss_partial[blockIdx.x] = loss_shared[0];
+    hit_partial[blockIdx.x] = hit_shared[0];
+  }
+}
+
 // ---- stage 2: one block adds the partials in a fixed order -------------------------------------
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) domain_bce_final_kernel(
+__global__ void __launch_bounds__(kThreads) reduce_final_kernel(
     const double* __restrict__ loss_partial, const unsigned long long* __restrict__ hit_partial, int num_partials,
     double loss_scale, double inv_n, scalar_t* __restrict__ loss_out, float* __restrict__ accuracy_out) {
   __shared__ double loss_shared[kThreads];
@@ -217,8 +252,32 @@ void domain_bce_kernel_cuda(const at::Tensor& logits, const DomainBceArgs& args,
         args.num_source * args.inner, static_cast<opmath_t>(args.weight_source),
         static_cast<opmath_t>(args.weight_target), loss_partial, hit_partial);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    domain_bce_final_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+    reduce_final_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
         loss_partial, hit_partial, blocks, args.loss_scale, 1.0 / static_cast<double>(n),
+        loss.defined() ? loss.mutable_data_ptr<scalar_t>() : nullptr,
+        accuracy.defined() ? accuracy.mutable_data_ptr<float>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void domain_xent_kernel_cuda(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
+                             const at::Tensor& grad, const at::Tensor& loss_elems, const at::Tensor& loss,
+                             const at::Tensor& accuracy) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t rows = logits.size(0);
+  const int64_t k = logits.size(1);
+  const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kReduceBlocks, (rows + kThreads - 1) / kThreads)));
+  at::Tensor scratch = at::empty({2 * blocks}, logits.options().dtype(at::kDouble));
+  double* loss_partial = scratch.mutable_data_ptr<double>();
+  auto* hit_partial = reinterpret_cast<unsigned long long*>(loss_partial + blocks);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "domain_xent_cuda", [&] {
+    domain_xent_partials_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        logits.const_data_ptr<scalar_t>(), domains.const_data_ptr<int64_t>(), grad.mutable_data_ptr<scalar_t>(),
+        loss_elems.defined() ? loss_elems.mutable_data_ptr<scalar_t>() : nullptr, rows, k, loss_partial, hit_partial);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    reduce_final_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
+        loss_partial, hit_partial, blocks, loss_scale, 1.0 / static_cast<double>(rows),
         loss.defined() ? loss.mutable_data_ptr<scalar_t>() : nullptr,
         accuracy.defined() ? accuracy.mutable_data_ptr<float>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
