@@ -31,7 +31,7 @@ from .modules import (  # noqa: E402
     GradientReversalLinear,
     WarmStartGradientReversal,
 )
-from . import compat, reference, schedules  # noqa: E402,F401
+from . import compat, models, reference, schedules  # noqa: E402,F401
 
 __version__ = "0.1.0"
 
