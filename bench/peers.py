@@ -60,22 +60,10 @@ class PytorchAdapt(torch.autograd.Function):
         return -weight * grad, None
 
 
-class BestPure(torch.autograd.Function):
-    """The best single-pass pure PyTorch GRL: view_as forward, grad.mul(-lambda) backward."""
-
-    @staticmethod
-    def forward(ctx, x, lam):
-        ctx.lam = lam
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.mul(-ctx.lam), None
-
-
 def layers(lam=1.0):
     """{name: callable(x) -> y}, ours first."""
     import grl_cuda
+    from grl_cuda import reference  # the best single-pass pure PyTorch GRL: view_as, grad.mul(-lambda)
 
     revgrad_alpha = torch.tensor(lam)
     adapt_weight = torch.tensor([lam])
@@ -86,5 +74,5 @@ def layers(lam=1.0):
         "tllib": lambda x: Tllib.apply(x, lam),
         "pytorch-revgrad": lambda x: RevGrad.apply(x, revgrad_alpha),
         "pytorch-adapt": lambda x: PytorchAdapt.apply(x, adapt_weight),
-        "best pure PyTorch": lambda x: BestPure.apply(x, lam),
+        "best pure PyTorch": lambda x: reference.grad_reverse(x, lam),
     }

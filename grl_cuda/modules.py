@@ -10,6 +10,18 @@ from ._validation import check_float_tensor, check_lambda
 from .functional import domain_bce_with_logits, grad_reverse
 
 
+def _write_lambda(buffer, value):
+    """Checks `value` and writes it into the lambda buffer in place; returns the
+    checked value (a float, or a tensor)."""
+    value = check_lambda(value, buffer)
+    with torch.no_grad():
+        if isinstance(value, torch.Tensor):
+            buffer.copy_(value.reshape(()))
+        else:
+            buffer.fill_(value)
+    return value
+
+
 class _LambdaBuffer(nn.Module):
     """Holds lambda in a float32 buffer named ``lambda_`` (saved in state_dict, moved
     with the module). ``set_lambda`` and ``module.lambda_ = value`` update it in place:
@@ -23,12 +35,7 @@ class _LambdaBuffer(nn.Module):
             self.set_lambda(value)
 
     def set_lambda(self, value):
-        value = check_lambda(value, self.lambda_)
-        with torch.no_grad():
-            if isinstance(value, torch.Tensor):
-                self.lambda_.copy_(value.reshape(()))
-            else:
-                self.lambda_.fill_(value)
+        _write_lambda(self.lambda_, value)
         return self
 
     def __setattr__(self, name, value):
@@ -169,14 +176,9 @@ class GradientReversalLinear(nn.Linear):
         self._lambda_host = float(value)  # the GEMM's alpha is a host scalar: kept here, never read back
 
     def set_lambda(self, value):
-        value = check_lambda(value, self.lambda_)
-        with torch.no_grad():
-            if isinstance(value, torch.Tensor):
-                self.lambda_.copy_(value.reshape(()))
-                self._lambda_host = None  # device value: scale the GEMM's output instead
-            else:
-                self.lambda_.fill_(value)
-                self._lambda_host = value
+        value = _write_lambda(self.lambda_, value)
+        # a tensor value stays on its device: then the GEMM's output is scaled instead
+        self._lambda_host = None if isinstance(value, torch.Tensor) else value
         return self
 
     def __setattr__(self, name, value):

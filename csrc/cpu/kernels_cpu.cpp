@@ -68,6 +68,22 @@ inline void bce_span_dispatch(const scalar_t* z_ptr, scalar_t* g_ptr, opmath_t* 
   bce_span<scalar_t, opmath_t>(z_ptr, g_ptr, loss, hit, len, is_target, w);
 }
 
+// Adds the per-chunk partials in chunk order and writes the 0-dim outputs.
+template <typename scalar_t>
+void write_totals(const std::vector<double>& loss_partial, const std::vector<int64_t>& hit_partial, double loss_scale,
+                  int64_t count, const at::Tensor& loss, const at::Tensor& accuracy) {
+  double loss_total = 0.0;
+  int64_t hit_total = 0;
+  for (size_t c = 0; c < loss_partial.size(); ++c) {
+    loss_total += loss_partial[c];
+    hit_total += hit_partial[c];
+  }
+  if (loss.defined()) loss.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(loss_total * loss_scale);
+  if (accuracy.defined()) {
+    accuracy.mutable_data_ptr<float>()[0] = static_cast<float>(static_cast<double>(hit_total) / count);
+  }
+}
+
 double read_host_lambda(const Lambda& lambda) {
   TORCH_INTERNAL_ASSERT(!lambda.device.defined(), "the op layer resolves CPU lambdas to host values");
   return lambda.host;
@@ -162,19 +178,7 @@ void domain_bce_kernel_cpu(const at::Tensor& logits, const DomainBceArgs& args, 
       }
     });
 
-    double loss_total = 0.0;
-    int64_t hit_total = 0;
-    for (int64_t c = 0; c < num_chunks; ++c) {
-      loss_total += loss_partial[c];
-      hit_total += hit_partial[c];
-    }
-    if (loss.defined()) {
-      loss.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(loss_total * args.loss_scale);
-    }
-    if (accuracy.defined()) {
-      accuracy.mutable_data_ptr<float>()[0] =
-          n > 0 ? static_cast<float>(static_cast<double>(hit_total) / static_cast<double>(n)) : NAN;
-    }
+    write_totals<scalar_t>(loss_partial, hit_partial, args.loss_scale, n, loss, accuracy);
   });
 }
 
@@ -207,16 +211,7 @@ void domain_xent_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains,
         hit_partial[c] = hits;
       }
     });
-    double loss_total = 0.0;
-    int64_t hit_total = 0;
-    for (int64_t c = 0; c < num_chunks; ++c) {
-      loss_total += loss_partial[c];
-      hit_total += hit_partial[c];
-    }
-    if (loss.defined()) loss.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(loss_total * loss_scale);
-    if (accuracy.defined()) {
-      accuracy.mutable_data_ptr<float>()[0] = static_cast<float>(static_cast<double>(hit_total) / rows);
-    }
+    write_totals<scalar_t>(loss_partial, hit_partial, loss_scale, rows, loss, accuracy);
   });
 }
 

@@ -105,6 +105,16 @@ void launch_elementwise(const at::Tensor& src, const at::Tensor& dst, Op op) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Adds each thread's (loss, hits) over the block with a fixed-shape tree in shared
+// memory (deterministic, no atomics) and stores the block's partials.
+__device__ __forceinline__ void store_block_partials(double loss_sum, unsigned long long hits,
+                                                     double* __restrict__ loss_partial,
+                                                     unsigned long long* __restrict__ hit_partial) {
+  __shared__ double loss_shared[kThreads];
+  __shared__ unsigned long long hit_shared[kThreads];
+  store_block_partials(loss_sum, hits, loss_partial, hit_partial);
+}
+
 // ---- domain BCE: stage 1, per-block partials -------------------------------------------------
 
 template <typename scalar_t>
@@ -113,8 +123,6 @@ __global__ void __launch_bounds__(kThreads) domain_bce_partials_kernel(
     int64_t n, int64_t first_target, at::opmath_type<scalar_t> w_src, at::opmath_type<scalar_t> w_tgt,
     double* __restrict__ loss_partial, unsigned long long* __restrict__ hit_partial) {
   using opmath_t = at::opmath_type<scalar_t>;
-  __shared__ double loss_shared[kThreads];
-  __shared__ unsigned long long hit_shared[kThreads];
   double loss_sum = 0.0;
   unsigned long long hits = 0;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
@@ -131,21 +139,7 @@ __global__ void __launch_bounds__(kThreads) domain_bce_partials_kernel(
     loss_sum += static_cast<double>(loss);
     hits += math::bce_hit(z, is_target) ? 1ull : 0ull;
   }
-  loss_shared[threadIdx.x] = loss_sum;
-  hit_shared[threadIdx.x] = hits;
-  __syncthreads();
-  // Fixed-shape tree: deterministic, no atomics.
-  for (int offset = kThreads / 2; offset > 0; offset /= 2) {
-    if (threadIdx.x < offset) {
-      loss_shared[threadIdx.x] += loss_shared[threadIdx.x + offset];
-      hit_shared[threadIdx.x] += hit_shared[threadIdx.x + offset];
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    loss_partial[blockIdx.x] = loss_shared[0];
-    hit_partial[blockIdx.x] = hit_shared[0];
-  }
+  store_block_partials(loss_sum, hits, loss_partial, hit_partial);
 }
 
 // ---- K-way loss, stage 1: one thread per row, per-block partials ------------------------------
@@ -156,8 +150,6 @@ __global__ void __launch_bounds__(kThreads) domain_xent_partials_kernel(
     scalar_t* __restrict__ loss_elems, int64_t rows, int64_t k, double* __restrict__ loss_partial,
     unsigned long long* __restrict__ hit_partial) {
   using opmath_t = at::opmath_type<scalar_t>;
-  __shared__ double loss_shared[kThreads];
-  __shared__ unsigned long long hit_shared[kThreads];
   double loss_sum = 0.0;
   unsigned long long hits = 0;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
@@ -167,20 +159,7 @@ __global__ void __launch_bounds__(kThreads) domain_xent_partials_kernel(
     if (loss_elems != nullptr) loss_elems[r] = static_cast<scalar_t>(row_loss);
     loss_sum += static_cast<double>(row_loss);
   }
-  loss_shared[threadIdx.x] = loss_sum;
-  hit_shared[threadIdx.x] = hits;
-  __syncthreads();
-  for (int offset = kThreads / 2; offset > 0; offset /= 2) {
-    if (threadIdx.x < offset) {
-      loss_shared[threadIdx.x] += loss_shared[threadIdx.x + offset];
-      hit_shared[threadIdx.x] += hit_shared[threadIdx.x + offset];
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    loss_partial[blockIdx.x] = loss_shared[0];
-    hit_partial[blockIdx.x] = hit_shared[0];
-  }
+  store_block_partials(loss_sum, hits, loss_partial, hit_partial);
 }
 
 // ---- stage 2: one block adds the partials in a fixed order -------------------------------------
