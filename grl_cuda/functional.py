@@ -86,11 +86,10 @@ def grad_reverse(x, lambda_=1.0, *, copy=False):
     Returns:
         A tensor equal to ``x``, with ``x``'s dtype, shape and strides.
     """
-    check_float_tensor(x, "x")
-    lambda_ = check_lambda(lambda_, x)
     if torch.compiler.is_compiling():
-        return _TracedGradReverse.apply(x, lambda_, copy)
-    return GradReverse.apply(x, lambda_, copy)
+        check_float_tensor(x, "x")
+        return _TracedGradReverse.apply(x, check_lambda(lambda_, x), copy)
+    return GradReverse.apply(x, lambda_, copy)  # its forward checks the arguments
 
 
 def neg_scale(x, lambda_=1.0):
