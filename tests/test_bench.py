@@ -1,0 +1,35 @@
+"""The benchmark harness and command: a quick run writes its outputs (speed itself
+is measured in bench/, never asserted here)."""
+
+import json
+
+from bench import harness, peers
+from bench.run import main
+
+
+def test_percentiles():
+    p = harness.percentiles([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert p["median"] == 3.0 and p["p20"] == 2.0 and p["p80"] == 4.0 and p["n"] == 5
+
+
+def test_peer_layers_reverse_gradients():
+    import torch
+
+    for name, layer in peers.layers(0.5).items():
+        x = torch.randn(4, requires_grad=True)
+        layer(x).sum().backward()
+        torch.testing.assert_close(x.grad, torch.full((4,), -0.5), msg=name)
+
+
+def test_quick_run_writes_results(tmp_path):
+    assert main(["--quick", "--only", "loss,linear", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["machine"]["torch"] and results["loss"]["timing"] and results["linear"]["timing"]
+    text = (tmp_path / "results.md").read_text()
+    assert "Fused domain loss" in text and "GradientReversalLinear" in text
+    assert (tmp_path / "loss.png").exists() and (tmp_path / "linear.png").exists()
+
+
+def test_bad_arguments_fail_clearly(tmp_path, capsys):
+    assert main(["--only", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown families" in capsys.readouterr().err
