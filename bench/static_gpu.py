@@ -75,13 +75,11 @@ def compile_object(archs, out_dir):
 
 
 def _demangle_short(name):
-    m = re.search(r"(elementwise_vec_kernel|elementwise_scalar_kernel|domain_bce_partials_kernel|domain_bce_final_kernel)", name)
+    m = re.search(r"(elementwise_vec_kernel|elementwise_scalar_kernel|domain_bce_partials_kernel|"
+                  r"domain_xent_partials_kernel|reduce_final_kernel)", name)
     kernel = m.group(1) if m else name
-    dtype = next((t for t, key in (("float", "IfN"), ("double", "IdN"), ("half", "N3c104HalfE"),
-                                   ("bfloat16", "N3c108BFloat16E")) if key in name), "")
-    if not dtype:
-        dtype = next((t for t, key in (("float", "If"), ("double", "Id"), ("half", "Half"), ("bfloat16", "BFloat16"))
-                      if key in name), "")
+    dtype = next((t for t, key in (("half", "Half"), ("bfloat16", "BFloat16"), ("float", "kernelIf"),
+                                   ("double", "kernelId")) if key in name), "")
     op = "neg_scale" if "NegScaleOp" in name else "copy" if "CopyOp" in name else ""
     return "/".join(x for x in (kernel, op, dtype) if x)
 

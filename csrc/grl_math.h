@@ -124,11 +124,17 @@ GRL_HOST_DEVICE bool softmax_xent_row(const scalar_t* z, int64_t k, int64_t stri
     }
   }
   opmath_t sum = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll 1
+#endif
   for (int64_t j = 0; j < k; ++j) sum += exp_nonpositive(static_cast<opmath_t>(z[j * stride]) - m);
   const opmath_t lse = m + static_cast<opmath_t>(::log(sum));
   const bool valid = label >= 0 && label < k;
   const opmath_t nan = static_cast<opmath_t>(NAN);
   loss = valid ? lse - static_cast<opmath_t>(z[label * stride]) : nan;
+#if defined(__CUDA_ARCH__)
+#pragma unroll 1
+#endif
   for (int64_t j = 0; j < k; ++j) {
     const opmath_t p = exp_nonpositive(static_cast<opmath_t>(z[j * stride]) - lse);
     grad[j * stride] = static_cast<scalar_t>(valid ? p - (j == label ? opmath_t(1) : opmath_t(0)) : nan);

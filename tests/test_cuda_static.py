@@ -20,7 +20,7 @@ def test_every_kernel_compiled_for_both_archs(records):
     assert archs == {"sm_80", "sm_90"}
     kernels = {r["kernel"].split("/")[0] for r in records}
     assert {"elementwise_vec_kernel", "elementwise_scalar_kernel", "domain_bce_partials_kernel",
-            "domain_bce_final_kernel"} <= kernels
+            "domain_xent_partials_kernel", "reduce_final_kernel"} <= kernels
 
 
 def test_no_register_spills(records):
