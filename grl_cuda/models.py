@@ -47,21 +47,6 @@ def mnist_net(num_classes=10):
     return DigitNet(extractor, 48 * 5 * 5, (100, 100), num_classes)
 
 
-def mnist_bn_net(num_classes=10):
-    """The MNIST net with BatchNorm after each convolution and hidden layer (not in the
-    paper; the common modern variant)."""
-    extractor = nn.Sequential(
-        nn.Conv2d(3, 32, 5), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-        nn.Conv2d(32, 48, 5), nn.BatchNorm2d(48), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
-    )
-    net = DigitNet(extractor, 48 * 5 * 5, (), num_classes)
-    net.label_hidden = nn.Sequential(nn.Linear(1200, 100), nn.BatchNorm1d(100), nn.ReLU(inplace=True),
-                                     nn.Linear(100, 100), nn.BatchNorm1d(100), nn.ReLU(inplace=True))
-    net.classifier = nn.Linear(100, num_classes)
-    net.embed_dim = 100
-    return net
-
-
 def svhn_net(num_classes=10):
     """conv5x5 64 - maxpool 3/2 - conv5x5 64 - maxpool 3/2 - conv5x5 128 | FC3072-FC2048-FC10, dropout."""
     extractor = nn.Sequential(
@@ -72,7 +57,7 @@ def svhn_net(num_classes=10):
     return DigitNet(extractor, 128 * 7 * 7, (3072, 2048), num_classes, dropout=0.5)
 
 
-ARCHITECTURES = {"mnist": mnist_net, "mnist-bn": mnist_bn_net, "svhn": svhn_net}
+ARCHITECTURES = {"mnist": mnist_net, "svhn": svhn_net}
 # Architecture by task when --arch is not given (default: mnist).
 DEFAULT_ARCH = {}  # the paper used the SVHN net for Syn Numbers; at 26M parameters it is too slow for 2 CPU cores, so opt in with --arch svhn
 
@@ -80,5 +65,4 @@ DEFAULT_ARCH = {}  # the paper used the SVHN net for Syn Numbers; at 26M paramet
 def domain_head(arch, feature_dim, lambda_=1.0):
     """The paper's domain classifier for each architecture, reversal fused into its first layer."""
     hidden = (1024, 1024) if arch == "svhn" else (100,)
-    return DomainDiscriminator(feature_dim, hidden=hidden, fused_grl=True, lambda_=lambda_,
-                               batch_norm=arch.endswith("-bn"))
+    return DomainDiscriminator(feature_dim, hidden=hidden, fused_grl=True, lambda_=lambda_)

@@ -4,7 +4,9 @@ clustered target pseudo labels. MCD is the same code with the gradient term,
 the pseudo labels and the information-maximisation term switched off.
 
 A generator G (the task's convolutional extractor plus a bottleneck) and two
-classifiers F1, F2. Each step:
+classifiers F1, F2. The first ``refresh_every`` steps are plain MCD (the authors
+start from a source-trained model); from the first pseudo-label refresh on, each
+step is:
 
 - A (G, F1, F2): source CE + alpha * entropy-weighted pseudo-label CE on target
   (+ information maximisation, as the authors' code adds);
@@ -124,7 +126,9 @@ class CGDM(Method):
 
     @torch.no_grad()
     def on_epoch(self, step, target_x, target_y_hidden):
-        if not self.use_gradient_discrepancy:
+        # The authors start from a source-trained model: until the first refresh the
+        # steps are plain MCD, since pseudo labels of an untrained model are noise.
+        if not self.use_gradient_discrepancy or step == 0:
             return {}
         self.train(False)
         feats, probs = [], []
@@ -154,7 +158,7 @@ class CGDM(Method):
         loss_a = F.cross_entropy(l1[:ns], ys) + F.cross_entropy(l2[:ns], ys)
         if pseudo and self.alpha:
             loss_a = loss_a + self.alpha * self._target_ce(l1[ns:], l2[ns:], target_index)
-        if self.im_weight:
+        if pseudo and self.im_weight:
             loss_a = loss_a + self.im_weight * information_maximisation(l1[ns:] + l2[ns:])
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_f.zero_grad(set_to_none=True)
@@ -186,7 +190,7 @@ class CGDM(Method):
                 tgt = self._target_ce(l1[ns:], l2[ns:], target_index)
                 gd = gradient_discrepancy(src, tgt, self.classifier_params())
                 loss_c = loss_c + self.beta * gd
-            if self.im_weight:
+            if pseudo and self.im_weight:
                 loss_c = loss_c + self.im_weight * information_maximisation(l1[ns:] + l2[ns:])
             self.opt_g.zero_grad(set_to_none=True)
             loss_c.backward()
