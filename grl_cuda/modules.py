@@ -147,6 +147,9 @@ class _ReversedLinearFn(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         g2 = grad_y.reshape(-1, grad_y.shape[-1])
+        # Under autocast the forward GEMM ran in the autocast dtype; the backward GEMMs
+        # do too, as nn.Linear's would (autograd casts the results to each input's dtype).
+        weight, x = weight.to(g2.dtype), x.to(g2.dtype)
         if ctx.needs_input_grad[0]:
             if ctx.lambda_host is not None:
                 zero = g2.new_zeros(())

@@ -252,3 +252,19 @@ def test_domain_adversarial_loss_bad_input():
         dal(torch.randn(0, 4), torch.randn(3, 4))
     with pytest.raises(TypeError):
         dal(torch.randn(2, 4), [1, 2])
+
+
+def test_reversal_linear_under_autocast_matches_unfused():
+    fused = grl_cuda.GradientReversalLinear(8, 4, lambda_=0.5)
+    unfused = nn.Sequential(grl_cuda.GradientReversal(0.5), nn.Linear(8, 4))
+    unfused[1].load_state_dict(fused.state_dict())
+    x = torch.randn(3, 8)
+    grads = []
+    for module in (fused, unfused):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = module(xi)
+        assert y.dtype == torch.bfloat16
+        y.float().sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=2e-2)

@@ -172,3 +172,8 @@ def test_distributed_two_processes(tmp_path, data_dir):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.load(open(tmp_path / "ddp" / "summary.json"))
     assert summary["config"]["world_size"] == 2 and summary["steps"] == 30
+
+
+def test_compile_flag_runs(tmp_path, data_dir):
+    summary = train(cfg_for(tmp_path, data_dir, steps=4, eval_every=1000, compile=True), progress=False)
+    assert summary["steps"] == 4 and 0.0 <= summary["target_test_acc"] <= 1.0
