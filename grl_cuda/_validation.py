@@ -10,6 +10,8 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def check_float_tensor(x, name="x"):
+    if type(x) is torch.Tensor and x.dtype in FLOAT_DTYPES:  # the common case, fast
+        return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"grl_cuda: {name} must be a torch.Tensor, got {type(x).__name__}.")
     if x.dtype not in FLOAT_DTYPES:
@@ -23,6 +25,8 @@ def check_lambda(lambda_, like=None, name="lambda_"):
     """A finite Python number (returned as float) or a one-element floating tensor
     on the CPU or on `like`'s device (returned as is). NaN/inf in a tensor on a GPU
     is not checked: that would need a host synchronisation."""
+    if type(lambda_) is float and lambda_ - lambda_ == 0.0:  # a finite float: the per-call fast path
+        return lambda_
     if isinstance(lambda_, bool) or not isinstance(lambda_, (numbers.Real, torch.Tensor)):
         raise TypeError(
             f"grl_cuda: {name} must be a float or a one-element floating tensor, got {type(lambda_).__name__}."

@@ -86,7 +86,7 @@ def grad_reverse(x, lambda_=1.0, *, copy=False):
     Returns:
         A tensor equal to ``x``, with ``x``'s dtype, shape and strides.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
         check_float_tensor(x, "x")
         return _TracedGradReverse.apply(x, check_lambda(lambda_, x), copy)
     return GradReverse.apply(x, lambda_, copy)  # its forward checks the arguments
