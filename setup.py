@@ -131,7 +131,7 @@ def main():
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
-        packages=find_packages(include=["grl_cuda", "grl_cuda.*", "bench", "bench.*"]),
+        packages=find_packages(include=["grl_cuda", "grl_cuda.*"]),  # bench/ runs from a checkout
         ext_modules=extensions(config),
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )
