@@ -82,12 +82,6 @@ GRL_HOST_DEVICE float log1p_unit(float e) {
 
 GRL_HOST_DEVICE double log1p_unit(double e) { return ::log1p(e); }
 
-template <typename opmath_t>
-GRL_HOST_DEVICE opmath_t sigmoid(opmath_t z) {
-  const opmath_t e = exp_nonpositive(z < opmath_t(0) ? z : -z);
-  return z >= opmath_t(0) ? opmath_t(1) / (opmath_t(1) + e) : e / (opmath_t(1) + e);
-}
-
 // Loss and gradient of one element, sharing one exponential.
 template <typename opmath_t>
 GRL_HOST_DEVICE void bce_with_logits(opmath_t z, opmath_t y, opmath_t& loss, opmath_t& grad) {

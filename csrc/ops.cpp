@@ -13,9 +13,8 @@ namespace grl_cuda {
 namespace {
 
 void check_float_tensor(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()) && !at::isComplexType(t.scalar_type()) &&
-                       (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
-                        t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16),
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
                    "grl_cuda: ", name, " must be a float32, float64, float16 or bfloat16 tensor, got ",
                    t.scalar_type(), ". Convert it first, e.g. ", name, ".float().");
   TORCH_CHECK_VALUE(t.device().is_cpu() || t.device().is_cuda(), "grl_cuda: ", name,

@@ -12,6 +12,7 @@
 
 #include "../grl_math.h"
 #include "../kernels.h"
+#include "bce_span.h"
 
 namespace grl_cuda {
 
@@ -29,23 +30,6 @@ constexpr int64_t kGrainSize = 32768;
 // Reductions use chunks of a fixed size, independent of the thread count, and add
 // the chunk partials in index order: the same input gives bitwise the same sum.
 constexpr int64_t kReduceChunk = 16384;
-
-// One run of elements that share a domain label (the loss's labels are constant
-// over each side of the source/target boundary, so no per-element index test):
-// a branch-free loop the compiler vectorises.
-template <typename scalar_t, typename opmath_t>
-inline void bce_span(const scalar_t* __restrict__ z_ptr, scalar_t* __restrict__ g_ptr, opmath_t* __restrict__ loss,
-                     opmath_t* __restrict__ hit, int len, bool is_target, opmath_t w) {
-  const opmath_t y = is_target ? opmath_t(1) : opmath_t(0);
-  for (int j = 0; j < len; ++j) {
-    const opmath_t z = static_cast<opmath_t>(z_ptr[j]);
-    opmath_t l, g;
-    math::bce_with_logits(z, y, l, g);
-    g_ptr[j] = static_cast<scalar_t>(w * g);
-    loss[j] = w * l;
-    hit[j] = math::bce_hit(z, is_target) ? opmath_t(1) : opmath_t(0);  // float, not int: keeps the loop vectorised
-  }
-}
 
 #if defined(__x86_64__) && defined(__GNUC__)
 bool cpu_has_avx2_fma() {
