@@ -99,6 +99,34 @@ def neg_scale(x, lambda_=1.0):
     return ops.neg_scale(x, _lambda_tensor(lambda_, x))
 
 
+# The saved gradient buffer is made by our forward and never handed out, so any
+# reference count is ours: let the in-place path take it.
+_OWNED_BUFFER_USES = 1 << 30
+
+
+def _fused_loss_input_grad(saved, recompute, formula, grad_loss, reduction, scale):
+    """The logits' gradient of a fused loss from the gradient its forward kept.
+
+    saved: that buffer, or None after a first backward (retain_graph=True);
+    recompute(): the forward kernel again (same numbers); formula(): the gradient
+    as differentiable ops, for create_graph=True; grad_loss: broadcastable to the
+    logits when reduction is "none"; scale: 1/count for a mean, else 1."""
+    if torch.is_grad_enabled():  # a second derivative must see the logits
+        return formula() * (grad_loss * scale)
+    if saved is None:
+        saved = recompute()
+    if reduction == "none":
+        return saved.mul_(grad_loss)
+    return _C.scale_saved_grad(saved, grad_loss.detach(), scale, _OWNED_BUFFER_USES)
+
+
+def _autocast_to_float32(logits):
+    """PyTorch's autocast policy for these losses (as for BCE-with-logits): float32."""
+    if torch.is_autocast_enabled(logits.device.type) and logits.dtype != torch.float64:
+        return logits.float()
+    return logits
+
+
 class _DomainBce(torch.autograd.Function):
     """Eager path of the fused loss: the forward kernel keeps the gradient, the
     backward scales that buffer in place (it was never handed out) by the incoming
@@ -118,24 +146,17 @@ class _DomainBce(torch.autograd.Function):
         (logits,) = ctx.saved_tensors
         num_source, weight_source, weight_target, reduction = ctx.args
         saved, ctx.saved_grad = ctx.saved_grad, None
-        scale = 1.0 / logits.numel() if reduction == "mean" else 1.0
-        if saved is None and not torch.is_grad_enabled():
-            # a repeated backward (retain_graph=True): the same kernel recomputes the buffer
-            _, saved, _ = _C.domain_bce_with_logits(logits, num_source, weight_source, weight_target, reduction)
-        if torch.is_grad_enabled():
-            # create_graph=True: a differentiable formula, so a second derivative sees the logits
+
+        def recompute():
+            return _C.domain_bce_with_logits(logits, num_source, weight_source, weight_target, reduction)[1]
+
+        def formula():
             labels, weights = domain_labels_and_weights(logits, num_source, weight_source, weight_target)
-            grad = weights * (torch.sigmoid(logits) - labels) * (grad_loss * scale)
-        elif reduction == "none":
-            grad = saved.mul_(grad_loss)
-        else:
-            grad = _C.scale_saved_grad(saved, grad_loss.detach(), scale, _OWNED_BUFFER_USES)
+            return weights * (torch.sigmoid(logits) - labels)
+
+        scale = 1.0 / logits.numel() if reduction == "mean" else 1.0
+        grad = _fused_loss_input_grad(saved, recompute, formula, grad_loss, reduction, scale)
         return grad, None, None, None, None
-
-
-# The saved gradient buffer is made by our forward and never handed out, so any
-# reference count is ours: let the in-place path take it.
-_OWNED_BUFFER_USES = 1 << 30
 
 
 def domain_bce_with_logits(
@@ -180,9 +201,8 @@ def domain_bce_with_logits(
     if torch.compiler.is_compiling():
         loss, _, accuracy = ops.domain_bce_with_logits(logits, num_source, weight_source, weight_target, reduction)
     else:
-        if torch.is_autocast_enabled(logits.device.type) and logits.dtype != torch.float64:
-            logits = logits.float()  # PyTorch's autocast policy for BCE-with-logits: float32
-        loss, accuracy = _DomainBce.apply(logits, num_source, weight_source, weight_target, reduction)
+        loss, accuracy = _DomainBce.apply(_autocast_to_float32(logits), num_source, weight_source, weight_target,
+                                          reduction)
     return (loss, accuracy) if return_accuracy else loss
 
 
@@ -202,18 +222,17 @@ class _DomainCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_accuracy):
         logits, domains = ctx.saved_tensors
         saved, ctx.saved_grad = ctx.saved_grad, None
-        if saved is None and not torch.is_grad_enabled():  # a repeated backward: same kernel, same numbers
-            _, saved, _ = _C.domain_cross_entropy(logits, domains, ctx.reduction)
-        if torch.is_grad_enabled():
-            saved = xent_grad_formula(logits, domains)
-            if ctx.reduction == "none":
-                return saved * grad_loss[:, None], None, None
-            scale = 1.0 / logits.shape[0] if ctx.reduction == "mean" else 1.0
-            return saved * (grad_loss * scale), None, None
-        if ctx.reduction == "none":
-            return saved.mul_(grad_loss[:, None]), None, None
-        scale = 1.0 / logits.shape[0] if ctx.reduction == "mean" else 1.0
-        return _C.scale_saved_grad(saved, grad_loss.detach(), scale, _OWNED_BUFFER_USES), None, None
+        reduction = ctx.reduction
+        scale = 1.0 / logits.shape[0] if reduction == "mean" else 1.0
+        grad = _fused_loss_input_grad(
+            saved,
+            lambda: _C.domain_cross_entropy(logits, domains, reduction)[1],
+            lambda: xent_grad_formula(logits, domains),
+            grad_loss[:, None] if reduction == "none" else grad_loss,  # per-row losses
+            reduction,
+            scale,
+        )
+        return grad, None, None
 
 
 def domain_cross_entropy(logits, domains, *, reduction="mean", return_accuracy=False):
@@ -235,7 +254,5 @@ def domain_cross_entropy(logits, domains, *, reduction="mean", return_accuracy=F
     if torch.compiler.is_compiling():
         loss, _, accuracy = ops.domain_cross_entropy(logits, domains, reduction)
     else:
-        if torch.is_autocast_enabled(logits.device.type) and logits.dtype != torch.float64:
-            logits = logits.float()
-        loss, accuracy = _DomainCrossEntropy.apply(logits, domains, reduction)
+        loss, accuracy = _DomainCrossEntropy.apply(_autocast_to_float32(logits), domains, reduction)
     return (loss, accuracy) if return_accuracy else loss

@@ -22,7 +22,18 @@ def _write_lambda(buffer, value):
     return value
 
 
-class _LambdaBuffer(nn.Module):
+class _AssignLambda:
+    """``module.lambda_ = value`` calls ``set_lambda(value)`` (an in-place update of
+    the buffer) instead of replacing the buffer."""
+
+    def __setattr__(self, name, value):
+        if name == "lambda_" and "lambda_" in self.__dict__.get("_buffers", {}):
+            self.set_lambda(value)
+            return
+        super().__setattr__(name, value)
+
+
+class _LambdaBuffer(_AssignLambda, nn.Module):
     """Holds lambda in a float32 buffer named ``lambda_`` (saved in state_dict, moved
     with the module). ``set_lambda`` and ``module.lambda_ = value`` update it in place:
     no new tensor, so torch.compile does not recompile and CUDA graphs see the value."""
@@ -37,12 +48,6 @@ class _LambdaBuffer(nn.Module):
     def set_lambda(self, value):
         _write_lambda(self.lambda_, value)
         return self
-
-    def __setattr__(self, name, value):
-        if name == "lambda_" and "lambda_" in self.__dict__.get("_buffers", {}):
-            self.set_lambda(value)
-            return
-        super().__setattr__(name, value)
 
 
 class GradientReversal(_LambdaBuffer):
@@ -165,7 +170,7 @@ class _ReversedLinearFn(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-class GradientReversalLinear(nn.Linear):
+class GradientReversalLinear(_AssignLambda, nn.Linear):
     """``nn.Linear`` preceded by a gradient reversal, fused: the reversal is folded
     into the GEMM that computes the input gradient. Same results as
     ``nn.Sequential(GradientReversal(lambda_), nn.Linear(...))``; state_dict keys are
@@ -183,12 +188,6 @@ class GradientReversalLinear(nn.Linear):
         # a tensor value stays on its device: then the GEMM's output is scaled instead
         self._lambda_host = None if isinstance(value, torch.Tensor) else value
         return self
-
-    def __setattr__(self, name, value):
-        if name == "lambda_" and "lambda_" in self.__dict__.get("_buffers", {}):
-            self.set_lambda(value)
-            return
-        super().__setattr__(name, value)
 
     def forward(self, x):
         check_float_tensor(x, "x")

@@ -387,7 +387,7 @@ def train(cfg, progress=True):
     summary = None
     if rank == 0:
         final = evaluate(cfg.steps)
-        extra = method.final_metrics(tensors)
+        extra = method.final_metrics(tensors, final)
         fs = diagnostics.embed_all(method, tensors["source_test"][0])
         ft = diagnostics.embed_all(method, tensors["target_test"][0])
         summary = {
@@ -400,9 +400,6 @@ def train(cfg, progress=True):
             "sizes": task.sizes(), "config": dataclasses.asdict(cfg), "versions": versions(),
             **extra,
         }
-        if cfg.method == "sa":
-            summary["source_only_target_test_acc"] = summary["target_test_acc"]
-            summary["target_test_acc"] = extra["sa"]["target_test_acc"]
         with open(os.path.join(cfg.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         save_atomic({"version": CHECKPOINT_VERSION, "config": cfg.run_defining(), "step": cfg.steps,

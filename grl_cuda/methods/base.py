@@ -51,8 +51,9 @@ class Method:
         is for logged diagnostics only, never for training."""
         return {}
 
-    def final_metrics(self, task_tensors):
-        """Extra numbers for summary.json, computed once at the end."""
+    def final_metrics(self, task_tensors, final_eval):
+        """Extra numbers for summary.json, computed once at the end; `final_eval` is
+        the loop's last evaluation. Keys given here override the loop's own."""
         return {}
 
     # -- shared helpers -------------------------------------------------------------------------

@@ -141,6 +141,12 @@ class CGDM(Method):
         # for the log only: pseudo labels are never compared to target labels in training
         return {"pseudo_label_acc": (self.pseudo_labels == target_y_hidden).float().mean().item()}
 
+    @staticmethod
+    def _source_ce(l1, l2, ys):
+        """Cross-entropy of both classifiers on the labeled source rows."""
+        ns = ys.shape[0]
+        return F.cross_entropy(l1[:ns], ys) + F.cross_entropy(l2[:ns], ys)
+
     def _target_ce(self, l1, l2, target_index):
         """Entropy-weighted CE of both classifiers against the pseudo labels."""
         pl = self.pseudo_labels[target_index]
@@ -155,7 +161,7 @@ class CGDM(Method):
         # A: G, F1, F2 on source labels (+ weighted pseudo labels, + IM)
         f = self.G(x)
         l1, l2 = self.F1(f), self.F2(f)
-        loss_a = F.cross_entropy(l1[:ns], ys) + F.cross_entropy(l2[:ns], ys)
+        loss_a = self._source_ce(l1, l2, ys)
         if pseudo and self.alpha:
             loss_a = loss_a + self.alpha * self._target_ce(l1[ns:], l2[ns:], target_index)
         if pseudo and self.im_weight:
@@ -172,7 +178,7 @@ class CGDM(Method):
         with torch.no_grad():
             f = self.G(x)
         l1, l2 = self.F1(f), self.F2(f)
-        loss_b = F.cross_entropy(l1[:ns], ys) + F.cross_entropy(l2[:ns], ys) - discrepancy(l1[ns:], l2[ns:])
+        loss_b = self._source_ce(l1, l2, ys) - discrepancy(l1[ns:], l2[ns:])
         self.opt_f.zero_grad(set_to_none=True)
         loss_b.backward()
         self.sync_grads(self.classifier_params())
@@ -186,7 +192,7 @@ class CGDM(Method):
             dis = discrepancy(l1[ns:], l2[ns:])
             loss_c = dis
             if pseudo and self.beta:
-                src = F.cross_entropy(l1[:ns], ys) + F.cross_entropy(l2[:ns], ys)
+                src = self._source_ce(l1, l2, ys)
                 tgt = self._target_ce(l1[ns:], l2[ns:], target_index)
                 gd = gradient_discrepancy(src, tgt, self.classifier_params())
                 loss_c = loss_c + self.beta * gd
