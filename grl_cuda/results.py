@@ -17,7 +17,7 @@ import statistics
 import sys
 
 from . import data as data_mod
-from .train import Config, UserError, train
+from .train import NORMALIZATIONS, Config, UserError, train
 
 PAPER_ORDER = ["source-only", "sa", "dann", "mcd", "cgdm", "target-only"]
 # Published target accuracies (Ganin & Lempitsky, arXiv v1 Table 1) for the shifts we rebuild.
@@ -36,14 +36,16 @@ def run_one(args, task, method, seed):
     trained_as = "source-only" if method == "sa" else method
     folder = run_dir(args.out, task, trained_as, seed)
     summary_path = os.path.join(folder, "summary.json")
+    cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
+                 eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
+                 threads=args.threads, device=args.device, lambda_max=args.lambda_max, normalize=args.normalize,
+                 shift=args.shift)
     if os.path.exists(summary_path) and not args.rerun:
         with open(summary_path) as f:
             summary = json.load(f)
-        if summary.get("steps") == args.steps:
-            return summary
-    cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
-                 eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
-                 threads=args.threads, device=args.device)
+        done = {k: summary.get("config", {}).get(k) for k in cfg.run_defining()}
+        if done == {**cfg.run_defining(), "arch": done["arch"], "world_size": done["world_size"]}:
+            return summary  # the same run, finished earlier (arch and world size are settled inside train)
     if os.path.exists(os.path.join(folder, "checkpoint.pt")) and not args.rerun:
         cfg.resume = True
         try:
@@ -97,6 +99,10 @@ def main(argv=None):
     parser.add_argument("--methods", default="source-only,sa,dann,target-only", help="comma list")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--lambda-max", type=float, default=Config.lambda_max, help="DANN: final lambda")
+    parser.add_argument("--normalize", default=Config.normalize, choices=NORMALIZATIONS,
+                        help="input normalisation (see python -m grl_cuda.train --help)")
+    parser.add_argument("--shift", type=int, default=Config.shift, help="random translation of training images, pixels")
     parser.add_argument("--out", default="results")
     parser.add_argument("--data-dir")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -165,7 +171,7 @@ def tsne_before_after(args, task):
     from .train import to_tensors
 
     t = data_mod.load_task(task, args.data_dir)
-    tensors = to_tensors(t, torch.device("cpu"))
+    tensors = to_tensors(t, torch.device("cpu"), normalize=args.normalize)
     panels = []
     for method in ("source-only", "dann"):
         ckpt = torch.load(os.path.join(run_dir(args.out, task, method, 0), "checkpoint.pt"), weights_only=False)

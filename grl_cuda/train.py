@@ -33,7 +33,8 @@ CHECKPOINT_VERSION = 1
 # Options that change what is computed: a checkpoint only resumes a run that agrees on all of them.
 RUN_DEFINING = ("task", "source", "target", "target_test", "method", "arch", "steps", "batch_size", "lr",
                 "weight_decay", "gamma", "lambda_max", "lr_anneal", "seed", "alpha", "beta", "num_k",
-                "im_weight", "refresh_every", "world_size")
+                "im_weight", "refresh_every", "world_size", "normalize", "shift")
+NORMALIZATIONS = ("domain", "mean")
 
 
 class UserError(Exception):
@@ -59,6 +60,8 @@ class Config:
     gamma: float = 10.0
     lambda_max: float = 1.0
     lr_anneal: bool = True
+    normalize: str = "domain"
+    shift: int = 3
     seed: int = 0
     out: str = "runs/run"
     device: str = "cpu"
@@ -96,20 +99,57 @@ def load_data(cfg):
     return task
 
 
-def to_tensors(task, device, rank=0, world=1):
-    """uint8 NHWC -> float NCHW in [0, 1] minus the training images' per-channel mean
-    (the paper's only preprocessing). Training splits are sharded over ranks."""
-    train_pixels = np.concatenate([task.source_train.x, task.target_train.x]).reshape(-1, 3)
-    mean = torch.tensor(train_pixels.mean(0) / 255.0, dtype=torch.float32).view(1, 3, 1, 1)
+def to_tensors(task, device, rank=0, world=1, normalize="domain"):
+    """uint8 NHWC -> float NCHW in [0, 1], then per channel:
+
+    - ``domain``: each domain standardised by its own training split's mean and std
+      (the target's from its unlabeled train images). On the small embedded tasks this
+      lifts every method, and it removes the brightness/contrast part of the shift
+      before the adversary sees it.
+    - ``mean``: minus the mean of both training splits together (the paper's only
+      preprocessing).
+
+    Training splits are sharded over ranks."""
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"unknown --normalize {normalize!r}; choose from: {', '.join(NORMALIZATIONS)}")
+
+    def channel_stats(*splits):
+        pixels = np.concatenate([s.x.reshape(-1, 3) for s in splits]).astype(np.float64) / 255.0
+        std = pixels.std(0) if normalize == "domain" else np.ones(3)
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)  # noqa: E731
+        return as_tensor(pixels.mean(0)), as_tensor(np.maximum(std, 1e-6))
+
+    if normalize == "domain":
+        stats = {"source": channel_stats(task.source_train), "target": channel_stats(task.target_train)}
+    else:
+        both = channel_stats(task.source_train, task.target_train)
+        stats = {"source": both, "target": both}
     out = {}
     for name in ("source_train", "source_test", "target_train", "target_test"):
         split = getattr(task, name)
         x, y = split.x, split.y
         if world > 1 and name.endswith("_train"):
             x, y = x[rank::world], y[rank::world]
-        xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0).sub_(mean)
-        out[name] = (xt.contiguous().to(device), torch.from_numpy(y).long().to(device))
+        mean, std = stats[name.split("_")[0]]
+        xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+        out[name] = (xt.sub_(mean).div_(std).contiguous().to(device), torch.from_numpy(y).long().to(device))
     return out
+
+
+def random_shift(x, max_shift, generator):
+    """Translates each image by its own random offset of up to ``max_shift`` pixels
+    (bilinear, edges repeated): light augmentation that keeps a tiny training set from
+    being memorised by the label and domain classifiers alike."""
+    if max_shift <= 0 or x.shape[0] == 0:
+        return x
+    n, _, h, w = x.shape
+    offsets = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = offsets[:, 0] * 2 / w  # affine_grid works in [-1, 1] coordinates
+    theta[:, 1, 2] = offsets[:, 1] * 2 / h
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False).to(x.device, x.dtype)
+    return torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
 class EpochSampler:
@@ -244,7 +284,9 @@ def train(cfg, progress=True):
     cfg.arch = cfg.arch or models.DEFAULT_ARCH.get(task.name, "mnist")
     if cfg.arch not in models.ARCHITECTURES:
         raise UserError(f"unknown --arch {cfg.arch!r}; choose from: {', '.join(models.ARCHITECTURES)}")
-    tensors = to_tensors(task, device, rank, world)
+    if cfg.shift < 0:
+        raise UserError("--shift must be >= 0")
+    tensors = to_tensors(task, device, rank, world, cfg.normalize)
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -338,6 +380,9 @@ def train(cfg, progress=True):
             si, ti = src_sampler.next(), tgt_sampler.next()
             xs, ys = tensors["source_train"][0][si], tensors["source_train"][1][si]
             xt, yt = tensors["target_train"][0][ti], tensors["target_train"][1][ti]
+            if cfg.shift:  # offsets from (seed, rank, step): a resumed run draws the same ones
+                gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + rank) * 1_000_003 + step)
+                xs, xt = random_shift(xs, cfg.shift, gen), random_shift(xt, cfg.shift, gen)
             if not method.uses_target_labels:
                 yt = None  # target labels never reach a method that must not see them
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
@@ -446,6 +491,11 @@ def build_parser():
     g.add_argument("--lr", type=float, default=d.lr, help="mu_0 of the annealed learning rate")
     g.add_argument("--no-lr-anneal", dest="lr_anneal", action="store_false", help="constant learning rate")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--normalize", default=d.normalize, choices=NORMALIZATIONS,
+                   help="domain: standardise each domain by its own train images' channel mean/std; "
+                        "mean: subtract both domains' pooled mean (the paper)")
+    g.add_argument("--shift", type=int, default=d.shift,
+                   help="random translation of training images, in pixels (0: off, the paper)")
     g.add_argument("--gamma", type=float, default=d.gamma, help="DANN: gamma of the lambda_p schedule")
     g.add_argument("--lambda-max", type=float, default=d.lambda_max, help="DANN: final lambda")
     g.add_argument("--alpha", type=float, default=d.alpha, help="CGDM: weight of the pseudo-label loss")
