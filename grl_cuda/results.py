@@ -150,12 +150,14 @@ def main(argv=None):
           "[paper]: Ganin & Lempitsky, arXiv v1 Table 1, where the paper has that shift.", "",
           table(results, tasks, methods, args.seeds), ""]
     sizes = {t: data_mod.TASKS[t][1] for t in tasks}
-    md += ["Data: " + "; ".join(f"`{t}`: {d}" for t, d in sizes.items()), ""]
+    options = {"lambda_max": args.lambda_max, "normalize": args.normalize, "shift": args.shift}
+    md += ["Data: " + "; ".join(f"`{t}`: {d}" for t, d in sizes.items()), "",
+           "Options: " + ", ".join(f"{k} = {v}" for k, v in options.items()) + " (other options: the defaults)", ""]
     text = "\n".join(md)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"steps": args.steps, "seeds": args.seeds, "runs": records}, f, indent=2)
+        json.dump({"steps": args.steps, "seeds": args.seeds, "options": options, "runs": records}, f, indent=2)
     if not args.no_plots and "source-only" in methods and "dann" in methods:
         tsne_before_after(args, tasks[0])
     print(text)

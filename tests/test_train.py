@@ -177,3 +177,78 @@ def test_distributed_two_processes(tmp_path, data_dir):
 def test_compile_flag_runs(tmp_path, data_dir):
     summary = train(cfg_for(tmp_path, data_dir, steps=4, eval_every=1000, compile=True), progress=False)
     assert summary["steps"] == 4 and 0.0 <= summary["target_test_acc"] <= 1.0
+
+
+def _tiny_task():
+    from grl_cuda.data import Split, Task
+
+    rng = np.random.default_rng(0)
+    source = Split(rng.integers(0, 100, (20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10)
+    target = Split(rng.integers(100, 250, (30, 32, 32, 3), dtype=np.uint8), np.arange(30) % 10)
+    return Task("tiny", source, source, target, target, 10)
+
+
+@pytest.mark.parametrize("normalize", ["domain", "mean"])
+def test_to_tensors_normalizations(normalize):
+    t = train_mod.to_tensors(_tiny_task(), torch.device("cpu"), normalize=normalize)
+    xs, xt = t["source_train"][0].double(), t["target_train"][0].double()
+    per_channel = lambda x: (x.mean((0, 2, 3)), x.std((0, 2, 3), correction=0))  # noqa: E731
+    if normalize == "domain":  # each domain standardised by its own statistics
+        for x in (xs, xt):
+            mean, std = per_channel(x)
+            torch.testing.assert_close(mean, torch.zeros(3, dtype=torch.float64), atol=1e-5, rtol=0)
+            torch.testing.assert_close(std, torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    else:  # the paper: one pooled mean subtracted, scale kept (pixel / 255)
+        torch.testing.assert_close(per_channel(torch.cat([xs, xt]))[0], torch.zeros(3, dtype=torch.float64),
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(xs[0, 0, 0, 1] - xs[0, 0, 0, 0],
+                                   torch.tensor((int(_tiny_task().source_train.x[0, 0, 1, 0]) -
+                                                 int(_tiny_task().source_train.x[0, 0, 0, 0])) / 255.0,
+                                                dtype=torch.float64), atol=1e-6, rtol=0)
+    with pytest.raises(train_mod.UserError, match="unknown --normalize"):
+        train_mod.to_tensors(_tiny_task(), torch.device("cpu"), normalize="nope")
+
+
+def test_random_shift_translates_each_image_by_its_own_offset():
+    x = torch.zeros(6, 3, 32, 32)
+    x[:, :, 16, 16] = 1.0  # one bright pixel per image: its centre of mass shows the offset
+    shifted = train_mod.random_shift(x, 3, torch.Generator().manual_seed(5))
+    offsets = (torch.rand(6, 2, generator=torch.Generator().manual_seed(5)) * 2 - 1) * 3
+    grid = torch.arange(32, dtype=torch.float32)
+    mass = shifted[:, 0]
+    cx = (mass.sum(1) * grid).sum(1) / mass.sum((1, 2))
+    cy = (mass.sum(2) * grid).sum(1) / mass.sum((1, 2))
+    # each output pixel samples the input at (x + dx, y + dy): the content moves by -offset
+    torch.testing.assert_close(16 - cx, offsets[:, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(16 - cy, offsets[:, 1], atol=1e-4, rtol=0)
+    assert not torch.allclose(offsets[0], offsets[1])  # per image, not one offset for the batch
+    flat = torch.full((2, 3, 8, 8), 0.25)  # edges repeat: a flat image stays flat
+    torch.testing.assert_close(train_mod.random_shift(flat, 2, torch.Generator().manual_seed(0)), flat)
+    assert train_mod.random_shift(x, 0, torch.Generator()) is x
+
+
+def test_cli_rejects_bad_preprocessing_flags(tmp_path, data_dir):
+    for args, message in ((["--normalize", "nope"], "invalid choice"), (["--shift", "-1"], "--shift")):
+        result = _cli([*args, "--out", str(tmp_path / "o"), "--data-dir", data_dir, "--steps", "2"])
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_results_grid_table_and_reuse(tmp_path, data_dir):
+    from grl_cuda import results
+
+    out = str(tmp_path / "grid")
+    common = ["--tasks", "mnist-mnistm", "--seeds", "1", "--steps", "30", "--out", out, "--data-dir", data_dir,
+              "--no-plots", "--quiet"]
+    assert results.main([*common, "--methods", "source-only,sa,dann,target-only", "--lambda-max", "0.3"]) == 0
+    table = open(os.path.join(out, "results.md")).read()
+    for row in ("source-only", "sa", "dann", "target-only"):
+        assert f"| {row} |" in table
+    data = json.load(open(os.path.join(out, "results.json")))
+    assert {r["method"] for r in data["runs"]} == {"source-only", "sa", "dann", "target-only"}
+    dann_summary = os.path.join(out, "runs", "mnist-mnistm", "dann", "seed0", "summary.json")
+    first = os.path.getmtime(dann_summary)
+    assert results.main([*common, "--methods", "dann", "--lambda-max", "0.3"]) == 0
+    assert os.path.getmtime(dann_summary) == first  # the same options: the finished run is reused
+    assert results.main([*common, "--methods", "dann", "--lambda-max", "1.0"]) == 0
+    assert json.load(open(dann_summary))["config"]["lambda_max"] == 1.0  # other options: run again
+    assert results.main([*common, "--methods", "nope"]) == 2
