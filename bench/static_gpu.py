@@ -2,7 +2,8 @@
 and read the SASS with cuobjdump.
 
 Reports, per architecture and kernel: registers, spill stores/loads (must be 0),
-and whether the elementwise kernels (the reversal's scale and the copy) use
+stack frame bytes (must be 0), block barriers (`BAR.SYNC`: the block-reducing loss
+kernels must have them, or their shared-memory tree is gone), and whether the elementwise kernels (the reversal's scale and the copy) use
 128-bit global loads and stores (`LDG.E.128` / `STG.E.128`).
 
     python -m bench.static_gpu --archs 80,90
@@ -23,6 +24,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "csrc", "cuda", "kernels_cuda.cu")
 VECTORISED_KERNELS = ("elementwise_vec_kernel",)  # must use 128-bit global accesses
+BLOCK_REDUCING_KERNELS = ("domain_bce_partials_kernel", "domain_xent_partials_kernel", "reduce_final_kernel")
 
 
 def _setup_helpers():
@@ -92,7 +94,7 @@ def parse_ptxas(log):
         m = re.search(r"Compiling entry function '([^']+)' for 'sm_(\d+)'", line)
         if m:
             current = (m.group(2), m.group(1))
-            out[current] = {"registers": None, "spill_stores": None, "spill_loads": None}
+            out[current] = {"registers": None, "spill_stores": None, "spill_loads": None, "stack_frame": None}
             continue
         if current is None:
             continue
@@ -100,6 +102,9 @@ def parse_ptxas(log):
         if m:
             out[current]["spill_stores"] = int(m.group(1))
             out[current]["spill_loads"] = int(m.group(2))
+        m = re.search(r"(\d+) bytes stack frame", line)
+        if m:
+            out[current]["stack_frame"] = int(m.group(1))
         m = re.search(r"Used (\d+) registers", line)
         if m:
             out[current]["registers"] = int(m.group(1))
@@ -107,7 +112,7 @@ def parse_ptxas(log):
 
 
 def parse_sass(sass):
-    """{(arch, mangled kernel): {ldg128, stg128}} from `cuobjdump -sass`."""
+    """{(arch, mangled kernel): {ldg128, stg128, barriers}} from `cuobjdump -sass`."""
     out = {}
     arch = None
     current = None
@@ -118,13 +123,15 @@ def parse_sass(sass):
         m = re.search(r"Function : (\S+)", line)
         if m:
             current = (arch, m.group(1))
-            out[current] = {"ldg128": False, "stg128": False}
+            out[current] = {"ldg128": False, "stg128": False, "barriers": 0}
             continue
         if current is not None:
             if re.search(r"\bLDG\.E[.\w]*\.128\b", line):
                 out[current]["ldg128"] = True
             if re.search(r"\bSTG\.E[.\w]*\.128\b", line):
                 out[current]["stg128"] = True
+            if re.search(r"\bBAR\.SYNC", line):
+                out[current]["barriers"] += 1
     return out
 
 
@@ -142,16 +149,19 @@ def run(archs=("80", "90")):
         s = sass_info.get((arch, name))
         rec["ldg128"] = s["ldg128"] if s else None
         rec["stg128"] = s["stg128"] if s else None
+        rec["barriers"] = s["barriers"] if s else None
+        rec["block_reducing"] = any(k in name for k in BLOCK_REDUCING_KERNELS)
         rec["must_vectorise"] = any(k in name for k in VECTORISED_KERNELS)
         records.append(rec)
     return records, bool(cuobjdump)
 
 
 def to_markdown(records):
-    lines = ["| arch | kernel | registers | spill stores | spill loads | LDG.E.128 | STG.E.128 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| arch | kernel | registers | spill stores | spill loads | stack frame | BAR.SYNC | LDG.E.128 | STG.E.128 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['arch']} | {r['kernel']} | {r['registers']} | {r['spill_stores']} | {r['spill_loads']} | "
-                     f"{r['ldg128']} | {r['stg128']} |")
+                     f"{r['stack_frame']} | {r['barriers']} | {r['ldg128']} | {r['stg128']} |")
     return "\n".join(lines)
 
 
@@ -167,7 +177,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=2)
-    bad = [r for r in records if r["spill_stores"] or r["spill_loads"] or
+    bad = [r for r in records if r["spill_stores"] or r["spill_loads"] or r["stack_frame"] or
+           (r["block_reducing"] and have_sass and not r["barriers"]) or
            (r["must_vectorise"] and have_sass and not (r["ldg128"] and r["stg128"]))]
     return 1 if bad else 0
 

@@ -1,5 +1,5 @@
 """Static checks of the compiled CUDA kernels (no GPU needed): no register
-spills, and the elementwise kernels move 128 bits per global load and store."""
+spills, no stack, block reductions intact, and the elementwise kernels move 128 bits per global load and store."""
 
 import pytest
 
@@ -28,6 +28,22 @@ def test_no_register_spills(records):
     spilling = [r["kernel"] + "@" + r["arch"] for r in records if r["spill_stores"] or r["spill_loads"]]
     assert not spilling, f"kernels spill registers: {spilling}"
     assert all(r["spill_stores"] is not None for r in records), "ptxas -v output was not parsed"
+
+
+def test_no_stack_and_block_reductions_intact(records):
+    # A device helper of the loss kernels once called itself instead of reducing; the
+    # compiler dropped the endless recursion and the kernels compiled cleanly with no
+    # shared-memory tree at all. Every block-reducing kernel must keep its barriers.
+    records, have_sass = records
+    assert all(r["stack_frame"] is not None for r in records), "ptxas -v stack frame lines were not parsed"
+    stacked = [r["kernel"] + "@" + r["arch"] for r in records if r["stack_frame"]]
+    assert not stacked, f"kernels with a stack frame: {stacked}"
+    if not have_sass:
+        pytest.skip("cuobjdump not found (neither in the toolkit nor in triton's wheel)")
+    reducing = [r for r in records if r["block_reducing"]]
+    assert len(reducing) == 2 * (2 * 4 + 4)  # 2 archs x (bce, xent partials + final) x 4 dtypes
+    missing = [r["kernel"] + "@" + r["arch"] for r in reducing if not r["barriers"]]
+    assert not missing, f"block-reducing kernels without BAR.SYNC: {missing}"
 
 
 def test_elementwise_kernels_use_128_bit_accesses(records):

@@ -105,14 +105,35 @@ void launch_elementwise(const at::Tensor& src, const at::Tensor& dst, Op op) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Adds each thread's (loss, hits) over the block with a fixed-shape tree in shared
-// memory (deterministic, no atomics) and stores the block's partials.
+// Sums each thread's (loss, hits) over the block with a fixed-shape tree in shared
+// memory (deterministic, no atomics); the totals are valid in thread 0. Every
+// block-reducing kernel is launched with kThreads threads.
+__device__ __forceinline__ void block_sum(double& loss_sum, unsigned long long& hits) {
+  __shared__ double loss_shared[kThreads];
+  __shared__ unsigned long long hit_shared[kThreads];
+  loss_shared[threadIdx.x] = loss_sum;
+  hit_shared[threadIdx.x] = hits;
+  __syncthreads();
+  for (int offset = kThreads / 2; offset > 0; offset /= 2) {
+    if (threadIdx.x < offset) {
+      loss_shared[threadIdx.x] += loss_shared[threadIdx.x + offset];
+      hit_shared[threadIdx.x] += hit_shared[threadIdx.x + offset];
+    }
+    __syncthreads();
+  }
+  loss_sum = loss_shared[0];
+  hits = hit_shared[0];
+}
+
+// Stage 1's ending: the block's (loss, hits) partials, one slot per block.
 __device__ __forceinline__ void store_block_partials(double loss_sum, unsigned long long hits,
                                                      double* __restrict__ loss_partial,
                                                      unsigned long long* __restrict__ hit_partial) {
-  __shared__ double loss_shared[kThreads];
-  __shared__ unsigned long long hit_shared[kThreads];
-  store_block_partials(loss_sum, hits, loss_partial, hit_partial);
+  block_sum(loss_sum, hits);
+  if (threadIdx.x == 0) {
+    loss_partial[blockIdx.x] = loss_sum;
+    hit_partial[blockIdx.x] = hits;
+  }
 }
 
 // ---- domain BCE: stage 1, per-block partials -------------------------------------------------
@@ -168,27 +189,16 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) reduce_final_kernel(
     const double* __restrict__ loss_partial, const unsigned long long* __restrict__ hit_partial, int num_partials,
     double loss_scale, double inv_n, scalar_t* __restrict__ loss_out, float* __restrict__ accuracy_out) {
-  __shared__ double loss_shared[kThreads];
-  __shared__ unsigned long long hit_shared[kThreads];
   double loss_sum = 0.0;
   unsigned long long hits = 0;
   for (int i = threadIdx.x; i < num_partials; i += blockDim.x) {
     loss_sum += loss_partial[i];
     hits += hit_partial[i];
   }
-  loss_shared[threadIdx.x] = loss_sum;
-  hit_shared[threadIdx.x] = hits;
-  __syncthreads();
-  for (int offset = kThreads / 2; offset > 0; offset /= 2) {
-    if (threadIdx.x < offset) {
-      loss_shared[threadIdx.x] += loss_shared[threadIdx.x + offset];
-      hit_shared[threadIdx.x] += hit_shared[threadIdx.x + offset];
-    }
-    __syncthreads();
-  }
+  block_sum(loss_sum, hits);
   if (threadIdx.x == 0) {
-    if (loss_out != nullptr) loss_out[0] = static_cast<scalar_t>(loss_shared[0] * loss_scale);
-    if (accuracy_out != nullptr) accuracy_out[0] = static_cast<float>(static_cast<double>(hit_shared[0]) * inv_n);
+    if (loss_out != nullptr) loss_out[0] = static_cast<scalar_t>(loss_sum * loss_scale);
+    if (accuracy_out != nullptr) accuracy_out[0] = static_cast<float>(static_cast<double>(hits) * inv_n);
   }
 }
 
