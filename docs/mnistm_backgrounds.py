@@ -1,0 +1,51 @@
+"""Where DANN gains on the embedded MNIST -> MNIST-M: target test accuracy split by
+the background's brightness (MNIST-M is |photo patch - digit|, so on a bright patch
+the digit comes out dark: the polarity of the source digits is inverted).
+
+    python docs/mnistm_backgrounds.py --runs results/runs/mnist-mnistm --seeds 3
+
+`--runs` is the `runs/<task>` folder that `python -m grl_cuda.results` wrote.
+"""
+
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from grl_cuda import data, models
+from grl_cuda.methods import get_method
+from grl_cuda.train import Config, to_tensors
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", required=True)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", default="source-only,dann,target-only")
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+
+    task = data.load_task("mnist-mnistm", args.data_dir)
+    pixels = task.target_test.x.astype(np.float64)
+    border = np.concatenate([pixels[:, :3].reshape(len(pixels), -1), pixels[:, -3:].reshape(len(pixels), -1)], 1)
+    bright = torch.from_numpy(border.mean(1) > 127)  # top and bottom 3 rows: background only
+    print(f"target test images: {int((~bright).sum())} on a dark background, {int(bright.sum())} on a bright one")
+    for method in args.methods.split(","):
+        accs = []
+        for seed in range(args.seeds):
+            ckpt = torch.load(os.path.join(args.runs, method, f"seed{seed}", "checkpoint.pt"), weights_only=False)
+            cfg = Config(method=method, arch="mnist", normalize=ckpt["config"]["normalize"])
+            x, y = to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_test"]
+            m = get_method(method)(cfg, lambda: models.mnist_net(task.num_classes), task.num_classes, torch.device("cpu"))
+            m.load_state_dict(ckpt["method"])
+            m.train(False)
+            with torch.no_grad():
+                correct = (m.predict(x).argmax(1) == y).float()
+            accs.append((correct[~bright].mean().item(), correct[bright].mean().item()))
+        dark, light = np.array(accs).mean(0)
+        print(f"{method:12s} dark background {dark:.3f}   bright background {light:.3f}   (mean of {args.seeds} seeds)")
+
+
+if __name__ == "__main__":
+    main()
