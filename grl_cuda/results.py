@@ -80,7 +80,7 @@ def table(results, tasks, methods, seeds):
             if mean is None:
                 cells.append("-")
                 continue
-            cell = f"{mean:.4f} ± {std:.4f}"
+            cell = f"{mean:.4f} ± {std:.4f}" if len(results[task][method]) > 1 else f"{mean:.4f}"  # no spread from one seed
             so, to = gaps[task]
             if method not in ("source-only", "target-only") and so is not None and to is not None and to != so:
                 cell += f" ({100 * (mean - so) / (to - so):.1f}%)"
@@ -145,7 +145,8 @@ def main(argv=None):
                                 "sa_components": summary["sa"]["components"] if method == "sa" else None,
                                 "train_seconds": summary.get("train_seconds")})
 
-    md = [f"# Target test accuracy, mean ± std over {args.seeds} seed(s), {args.steps} steps",
+    spread = f"mean ± std over {args.seeds} seeds" if args.seeds > 1 else "one seed"
+    md = [f"# Target test accuracy, {spread}, {args.steps} steps",
           "", "In brackets: gap covered = (method - source only) / (target only - source only); "
           "[paper]: Ganin & Lempitsky, arXiv v1 Table 1, where the paper has that shift.", "",
           table(results, tasks, methods, args.seeds), ""]
