@@ -3,8 +3,9 @@ and read the SASS with cuobjdump.
 
 Reports, per architecture and kernel: registers, spill stores/loads (must be 0),
 stack frame bytes (must be 0), block barriers (`BAR.SYNC`: the block-reducing loss
-kernels must have them, or their shared-memory tree is gone), and whether the elementwise kernels (the reversal's scale and the copy) use
-128-bit global loads and stores (`LDG.E.128` / `STG.E.128`).
+kernels must have them, or their shared-memory tree is gone), and whether the
+elementwise kernels (the reversal's scale and the copy) use 128-bit global loads
+and stores (`LDG.E.128` / `STG.E.128`).
 
     python -m bench.static_gpu --archs 80,90
 """

@@ -31,12 +31,15 @@ def main():
     border = np.concatenate([pixels[:, :3].reshape(len(pixels), -1), pixels[:, -3:].reshape(len(pixels), -1)], 1)
     bright = torch.from_numpy(border.mean(1) > 127)  # top and bottom 3 rows: background only
     print(f"target test images: {int((~bright).sum())} on a dark background, {int(bright.sum())} on a bright one")
+    target_test = {}  # by normalisation: every run of a grid normally shares one
     for method in args.methods.split(","):
         accs = []
         for seed in range(args.seeds):
             ckpt = torch.load(os.path.join(args.runs, method, f"seed{seed}", "checkpoint.pt"), weights_only=False)
             cfg = Config(method=method, arch="mnist", normalize=ckpt["config"]["normalize"])
-            x, y = to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_test"]
+            if cfg.normalize not in target_test:
+                target_test[cfg.normalize] = to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_test"]
+            x, y = target_test[cfg.normalize]
             m = get_method(method)(cfg, lambda: models.mnist_net(task.num_classes), task.num_classes, torch.device("cpu"))
             m.load_state_dict(ckpt["method"])
             m.train(False)

@@ -43,9 +43,10 @@ def run_one(args, task, method, seed):
     if os.path.exists(summary_path) and not args.rerun:
         with open(summary_path) as f:
             summary = json.load(f)
-        done = {k: summary.get("config", {}).get(k) for k in cfg.run_defining()}
-        if done == {**cfg.run_defining(), "arch": done["arch"], "world_size": done["world_size"]}:
-            return summary  # the same run, finished earlier (arch and world size are settled inside train)
+        done = summary.get("config", {})
+        settled_in_train = ("arch", "world_size")  # filled in by train(), not known here
+        if all(done.get(k) == v for k, v in cfg.run_defining().items() if k not in settled_in_train):
+            return summary  # the same run, finished earlier
     if os.path.exists(os.path.join(folder, "checkpoint.pt")) and not args.rerun:
         cfg.resume = True
         try:

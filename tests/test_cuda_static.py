@@ -1,5 +1,6 @@
 """Static checks of the compiled CUDA kernels (no GPU needed): no register
-spills, no stack, block reductions intact, and the elementwise kernels move 128 bits per global load and store."""
+spills, no stack, block reductions intact, and the elementwise kernels move 128
+bits per global load and store."""
 
 import pytest
 

@@ -190,7 +190,8 @@ def _tiny_task():
 
 @pytest.mark.parametrize("normalize", ["domain", "mean"])
 def test_to_tensors_normalizations(normalize):
-    t = train_mod.to_tensors(_tiny_task(), torch.device("cpu"), normalize=normalize)
+    task = _tiny_task()
+    t = train_mod.to_tensors(task, torch.device("cpu"), normalize=normalize)
     xs, xt = t["source_train"][0].double(), t["target_train"][0].double()
     per_channel = lambda x: (x.mean((0, 2, 3)), x.std((0, 2, 3), correction=0))  # noqa: E731
     if normalize == "domain":  # each domain standardised by its own statistics
@@ -201,12 +202,12 @@ def test_to_tensors_normalizations(normalize):
     else:  # the paper: one pooled mean subtracted, scale kept (pixel / 255)
         torch.testing.assert_close(per_channel(torch.cat([xs, xt]))[0], torch.zeros(3, dtype=torch.float64),
                                    atol=1e-5, rtol=0)
+        pixels = task.source_train.x.astype(np.int64)
         torch.testing.assert_close(xs[0, 0, 0, 1] - xs[0, 0, 0, 0],
-                                   torch.tensor((int(_tiny_task().source_train.x[0, 0, 1, 0]) -
-                                                 int(_tiny_task().source_train.x[0, 0, 0, 0])) / 255.0,
+                                   torch.tensor((pixels[0, 0, 1, 0] - pixels[0, 0, 0, 0]) / 255.0,
                                                 dtype=torch.float64), atol=1e-6, rtol=0)
     with pytest.raises(train_mod.UserError, match="unknown --normalize"):
-        train_mod.to_tensors(_tiny_task(), torch.device("cpu"), normalize="nope")
+        train_mod.to_tensors(task, torch.device("cpu"), normalize="nope")
 
 
 def test_random_shift_translates_each_image_by_its_own_offset():
