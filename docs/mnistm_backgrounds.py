@@ -40,11 +40,11 @@ def main():
             if cfg.normalize not in target_test:
                 target_test[cfg.normalize] = to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_test"]
             x, y = target_test[cfg.normalize]
-            m = get_method(method)(cfg, lambda: models.mnist_net(task.num_classes), task.num_classes, torch.device("cpu"))
+            m = get_method(method)(cfg, lambda **o: models.mnist_net(task.num_classes, **o), task.num_classes, torch.device("cpu"))
             m.load_state_dict(ckpt["method"])
             m.train(False)
             with torch.no_grad():
-                correct = (m.predict(x).argmax(1) == y).float()
+                correct = (m.predict(x, "target").argmax(1) == y).float()
             accs.append((correct[~bright].mean().item(), correct[bright].mean().item()))
         dark, light = np.array(accs).mean(0)
         print(f"{method:12s} dark background {dark:.3f}   bright background {light:.3f}   (mean of {args.seeds} seeds)")

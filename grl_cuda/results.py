@@ -180,10 +180,10 @@ def tsne_before_after(args, task):
     for method in ("source-only", "dann"):
         ckpt = torch.load(os.path.join(run_dir(args.out, task, method, 0), "checkpoint.pt"), weights_only=False)
         cfg = Config(task=task, method=method, arch="mnist")
-        m = get_method(method)(cfg, lambda: models.mnist_net(t.num_classes), t.num_classes, torch.device("cpu"))
+        m = get_method(method)(cfg, lambda **o: models.mnist_net(t.num_classes, **o), t.num_classes, torch.device("cpu"))
         m.load_state_dict(ckpt["method"])
-        fs = diagnostics.embed_all(m, tensors["source_test"][0])
-        ft = diagnostics.embed_all(m, tensors["target_test"][0])
+        fs = diagnostics.embed_all(m, tensors["source_test"][0], "source")
+        ft = diagnostics.embed_all(m, tensors["target_test"][0], "target")
         panels.append((f"{method}: d_A = {diagnostics.proxy_a_distance(fs, ft):.2f}", fs, ft))
     diagnostics.plot_tsne(panels, os.path.join(args.out, "tsne_before_after.png"))
 

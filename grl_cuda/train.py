@@ -237,11 +237,11 @@ def versions():
 
 
 @torch.no_grad()
-def accuracy(method, x, y, batch=512):
+def accuracy(method, x, y, domain, batch=512):
     method.train(False)
     correct = 0
     for i in range(0, len(x), batch):
-        correct += (method.predict(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
+        correct += (method.predict(x[i:i + batch], domain).argmax(1) == y[i:i + batch]).sum().item()
     method.train(True)
     return correct / max(1, len(x))
 
@@ -291,7 +291,7 @@ def train(cfg, progress=True):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    factory = lambda: models.ARCHITECTURES[cfg.arch](task.num_classes)  # noqa: E731
+    factory = lambda **options: models.ARCHITECTURES[cfg.arch](task.num_classes, **options)  # noqa: E731
     method = get_method(cfg.method)(cfg, factory, task.num_classes, device)
     if cfg.compile:
         for net in method.networks().values():
@@ -350,8 +350,8 @@ def train(cfg, progress=True):
 
     def evaluate(step):
         record = {"kind": "eval", "step": step,
-                  "source_test_acc": accuracy(method, *tensors["source_test"]),
-                  "target_test_acc": accuracy(method, *tensors["target_test"])}
+                  "source_test_acc": accuracy(method, *tensors["source_test"], "source"),
+                  "target_test_acc": accuracy(method, *tensors["target_test"], "target")}
         write_record(record)
         return record
 
@@ -433,8 +433,8 @@ def train(cfg, progress=True):
     if rank == 0:
         final = evaluate(cfg.steps)
         extra = method.final_metrics(tensors, final)
-        fs = diagnostics.embed_all(method, tensors["source_test"][0])
-        ft = diagnostics.embed_all(method, tensors["target_test"][0])
+        fs = diagnostics.embed_all(method, tensors["source_test"][0], "source")
+        ft = diagnostics.embed_all(method, tensors["target_test"][0], "target")
         summary = {
             "task": task.name, "method": cfg.method, "seed": cfg.seed, "steps": cfg.steps,
             "source_test_acc": final["source_test_acc"],

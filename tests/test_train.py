@@ -42,8 +42,10 @@ def test_epoch_sampler_covers_each_epoch_and_restores():
     assert all(len(x) == 4 for x in a)
 
 
-def test_short_dann_run_beats_chance_and_writes_outputs(tmp_path, data_dir):
-    summary = train(cfg_for(tmp_path, data_dir, steps=300, eval_every=100, plots=True), progress=False)
+@pytest.mark.parametrize("method", ["dann", "dann-dsbn"])
+def test_short_dann_run_beats_chance_and_writes_outputs(tmp_path, data_dir, method):
+    summary = train(cfg_for(tmp_path, data_dir, method=method, steps=300, eval_every=100, plots=True),
+                    progress=False)
     assert summary["source_test_acc"] > 0.4
     assert summary["target_test_acc"] > 0.15  # chance is 0.1
     out = tmp_path / "run"
@@ -54,7 +56,7 @@ def test_short_dann_run_beats_chance_and_writes_outputs(tmp_path, data_dir):
     assert train_records and {"label_loss", "domain_loss", "domain_acc", "lambda", "lr"} <= set(train_records[0])
     assert train_records[-1]["lambda"] > train_records[0]["lambda"]  # the schedule ramps up
     saved = json.load(open(out / "summary.json"))
-    assert saved["config"]["method"] == "dann" and "torch" in saved["versions"]
+    assert saved["config"]["method"] == method and "torch" in saved["versions"]
 
 
 def _final_state(out):
@@ -75,7 +77,7 @@ def _assert_same_run(out_a, out_b):
     assert sa["target_test_acc"] == sb["target_test_acc"] and sa["source_test_acc"] == sb["source_test_acc"]
 
 
-@pytest.mark.parametrize("method", ["dann", "source-only"])
+@pytest.mark.parametrize("method", ["dann", "dann-dsbn", "source-only"])
 def test_resume_is_bit_exact(tmp_path, data_dir, method):
     straight = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "straight"))
     train(straight, progress=False)
@@ -172,6 +174,26 @@ def test_distributed_two_processes(tmp_path, data_dir):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.load(open(tmp_path / "ddp" / "summary.json"))
     assert summary["config"]["world_size"] == 2 and summary["steps"] == 30
+
+
+def test_dann_dsbn_evaluates_each_domain_with_its_own_statistics(tmp_path, data_dir):
+    from grl_cuda.methods import get_method
+    from grl_cuda.models import DomainBatchNorm2d, mnist_net
+
+    cfg = cfg_for(tmp_path, data_dir, method="dann-dsbn")
+    method = get_method("dann-dsbn")(cfg, lambda **o: mnist_net(10, **o), 10, torch.device("cpu"))
+    torch.manual_seed(0)
+    xs, xt = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32) * 3 + 2
+    method.set_lr(0.01)
+    method.train_step(xs, torch.arange(8) % 10, xt, None, 0.5)
+    layer = next(m for m in method.model.modules() if isinstance(m, DomainBatchNorm2d))
+    assert layer.n_source is None  # the routing is undone after the step
+    assert layer.source.running_mean.abs().sum() > 0 and not torch.equal(layer.source.running_mean,
+                                                                          layer.target.running_mean)
+    method.train(False)
+    with torch.no_grad():
+        assert not torch.equal(method.predict(xt, "source"), method.predict(xt, "target"))
+        assert torch.equal(method.embed(xt, "target"), method.model.embed(xt))  # target: the default
 
 
 def test_compile_flag_runs(tmp_path, data_dir):

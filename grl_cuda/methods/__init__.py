@@ -2,7 +2,8 @@
 loop never knows which method runs, a method never re-implements the loop."""
 
 from .base import Method
-from .dann import DANN
+from .cgdm import CGDM, MCD
+from .dann import DANN, DANNDomainBN
 from .source_only import SourceOnly, SubspaceAlignment, TargetOnly
 
 METHODS = {
@@ -10,15 +11,10 @@ METHODS = {
     "target-only": TargetOnly,
     "sa": SubspaceAlignment,
     "dann": DANN,
+    "dann-dsbn": DANNDomainBN,
+    "mcd": MCD,
+    "cgdm": CGDM,
 }
-
-try:  # CGDM/MCD live in their own file
-    from .cgdm import CGDM, MCD
-
-    METHODS["mcd"] = MCD
-    METHODS["cgdm"] = CGDM
-except ImportError:  # pragma: no cover
-    pass
 
 
 def get_method(name):

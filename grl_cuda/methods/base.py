@@ -29,11 +29,13 @@ class Method:
         scalar tensors."""
         raise NotImplementedError
 
-    def predict(self, x):
-        """Class logits for evaluation (eval mode, no grad: the loop sets those)."""
+    def predict(self, x, domain="target"):
+        """Class logits for evaluation (eval mode, no grad: the loop sets those).
+        ``domain`` ("source" or "target") says where ``x`` comes from, for networks
+        that normalise each domain by its own statistics."""
         raise NotImplementedError
 
-    def embed(self, x):
+    def embed(self, x, domain="target"):
         """The representation diagnostics look at (t-SNE, proxy A-distance)."""
         raise NotImplementedError
 

@@ -206,11 +206,11 @@ class CGDM(Method):
             p.grad = None
         return {"label_loss": source_loss, "discrepancy": dis.detach(), "gradient_discrepancy": gd.detach()}
 
-    def predict(self, x):
+    def predict(self, x, domain="target"):
         f = self.G(x)
         return self.F1(f) + self.F2(f)
 
-    def embed(self, x):
+    def embed(self, x, domain="target"):
         return self.G(x)
 
 

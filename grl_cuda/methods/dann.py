@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..functional import domain_bce_with_logits
-from ..models import domain_head
+from ..models import domain_head, route_domains
 from ..schedules import dann_lambda
 from .base import Method
 
@@ -15,10 +15,13 @@ class DANN(Method):
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
-        self.model = model_factory().to(device)
+        self.model = self.build_model(model_factory).to(device)
         # The reversal is fused into the domain head's first layer (GradientReversalLinear).
         self.head = domain_head(cfg.arch, self.model.feature_dim).to(device)
         self.opt = self.sgd(list(self.model.parameters()) + list(self.head.parameters()))
+
+    def build_model(self, model_factory):
+        return model_factory()
 
     def networks(self):
         return {"model": self.model, "domain_head": self.head}
@@ -42,8 +45,33 @@ class DANN(Method):
         return {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
                 "domain_acc": domain_acc, "lambda": torch.tensor(lam)}
 
-    def predict(self, x):
+    def predict(self, x, domain="target"):
         return self.model(x)
 
-    def embed(self, x):
+    def embed(self, x, domain="target"):
         return self.model.embed(x)
+
+
+class DANNDomainBN(DANN):
+    """DANN on a feature extractor with domain-specific BatchNorm after each
+    convolution (DSBN, Chang et al., CVPR 2019; not in the DANN paper): the same
+    loss, schedules and reversal, but each domain's rows of the shared minibatch are
+    normalised by that domain's own batch statistics, and evaluation uses the
+    running statistics of the domain the images come from."""
+
+    name = "dann-dsbn"
+
+    def build_model(self, model_factory):
+        return model_factory(domain_bn=True)
+
+    def train_step(self, xs, ys, xt, yt, progress, target_index=None):
+        with route_domains(self.model, n_source=xs.shape[0]):
+            return super().train_step(xs, ys, xt, yt, progress, target_index)
+
+    def predict(self, x, domain="target"):
+        with route_domains(self.model, domain=domain):
+            return self.model(x)
+
+    def embed(self, x, domain="target"):
+        with route_domains(self.model, domain=domain):
+            return self.model.embed(x)

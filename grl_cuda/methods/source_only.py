@@ -37,10 +37,10 @@ class SourceOnly(Method):
         self.opt.step()
         return {"label_loss": loss.detach()}
 
-    def predict(self, x):
+    def predict(self, x, domain="target"):
         return self.model(x)
 
-    def embed(self, x):
+    def embed(self, x, domain="target"):
         return self.model.embed(x)
 
     def final_metrics(self, data, final_eval):
