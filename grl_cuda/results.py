@@ -17,9 +17,10 @@ import statistics
 import sys
 
 from . import data as data_mod
+from .methods import METHOD_OPTIONS, METHODS, get_method
 from .train import NORMALIZATIONS, Config, UserError, train
 
-PAPER_ORDER = ["source-only", "sa", "dann", "mcd", "cgdm", "target-only"]
+PAPER_ORDER = ["source-only", "sa", "dann", "dann-dsbn", "mcd", "cgdm", "target-only"]
 # Published target accuracies (Ganin & Lempitsky, arXiv v1 Table 1) for the shifts we rebuild.
 PAPER = {
     "mnist-mnistm": {"source-only": 0.5749, "sa": 0.6078, "dann": 0.8149, "target-only": 0.9891},
@@ -44,9 +45,10 @@ def run_one(args, task, method, seed):
         with open(summary_path) as f:
             summary = json.load(f)
         done = summary.get("config", {})
-        settled_in_train = ("arch", "world_size")  # filled in by train(), not known here
-        if all(done.get(k) == v for k, v in cfg.run_defining().items() if k not in settled_in_train):
-            return summary  # the same run, finished earlier
+        settled_in_train = {"arch", "world_size"}  # filled in by train(), not known here
+        ignored = settled_in_train | (METHOD_OPTIONS - set(get_method(trained_as).options))
+        if all(done.get(k) == v for k, v in cfg.run_defining().items() if k not in ignored):
+            return summary  # the same run (up to options this method never reads), finished earlier
     if os.path.exists(os.path.join(folder, "checkpoint.pt")) and not args.rerun:
         cfg.resume = True
         try:
@@ -115,7 +117,6 @@ def main(argv=None):
 
     tasks = list(data_mod.TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
-    from .methods import METHODS
 
     for t in tasks:
         if t not in data_mod.TASKS:
@@ -160,24 +161,24 @@ def main(argv=None):
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"steps": args.steps, "seeds": args.seeds, "options": options, "runs": records}, f, indent=2)
-    if not args.no_plots and "source-only" in methods and "dann" in methods:
-        tsne_before_after(args, tasks[0])
+    adapted = [m for m in ("dann", "dann-dsbn") if m in methods]
+    if not args.no_plots and "source-only" in methods and adapted:
+        tsne_before_after(args, tasks[0], ["source-only", *adapted])
     print(text)
     return 0
 
 
-def tsne_before_after(args, task):
-    """The paper's Figure 4: features of the source-only model vs the DANN model."""
+def tsne_before_after(args, task, methods):
+    """The paper's Figure 4: features of the source-only model vs the DANN model(s), seed 0."""
     import torch
 
     from . import diagnostics, models
-    from .methods import get_method
     from .train import to_tensors
 
     t = data_mod.load_task(task, args.data_dir)
     tensors = to_tensors(t, torch.device("cpu"), normalize=args.normalize)
     panels = []
-    for method in ("source-only", "dann"):
+    for method in methods:
         ckpt = torch.load(os.path.join(run_dir(args.out, task, method, 0), "checkpoint.pt"), weights_only=False)
         cfg = Config(task=task, method=method, arch="mnist")
         m = get_method(method)(cfg, lambda **o: models.mnist_net(t.num_classes, **o), t.num_classes, torch.device("cpu"))

@@ -274,4 +274,13 @@ def test_results_grid_table_and_reuse(tmp_path, data_dir):
     assert os.path.getmtime(dann_summary) == first  # the same options: the finished run is reused
     assert results.main([*common, "--methods", "dann", "--lambda-max", "1.0"]) == 0
     assert json.load(open(dann_summary))["config"]["lambda_max"] == 1.0  # other options: run again
+    source_summary = os.path.join(out, "runs", "mnist-mnistm", "source-only", "seed0", "summary.json")
+    first = os.path.getmtime(source_summary)
+    assert results.main([*common, "--methods", "source-only", "--lambda-max", "1.0"]) == 0
+    assert os.path.getmtime(source_summary) == first  # source only never reads lambda: reused
+    assert results.main([*common, "--methods", "source-only", "--shift", "0"]) == 0
+    assert json.load(open(source_summary))["config"]["shift"] == 0  # but it does read --shift
+    with_plots = [a for a in common if a != "--no-plots"]
+    assert results.main([*with_plots, "--methods", "source-only,dann", "--shift", "0", "--lambda-max", "1.0"]) == 0
+    assert os.path.getsize(os.path.join(out, "tsne_before_after.png")) > 10_000  # the Figure 4 panels
     assert results.main([*common, "--methods", "nope"]) == 2

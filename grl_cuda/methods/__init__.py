@@ -16,6 +16,9 @@ METHODS = {
     "cgdm": CGDM,
 }
 
+# Every Config field that some method reads and others ignore.
+METHOD_OPTIONS = frozenset(option for method in METHODS.values() for option in method.options)
+
 
 def get_method(name):
     if name not in METHODS:

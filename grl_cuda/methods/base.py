@@ -14,6 +14,10 @@ class Method:
 
     name = ""
     uses_target_labels = False  # only the target-only upper bound
+    # Config fields that only some methods read, among those this one reads: a finished
+    # run is reused by grl_cuda.results even if the others differ (say, source only
+    # under another lambda_max).
+    options = ()
 
     def __init__(self, cfg, model_factory, num_classes, device):
         self.cfg = cfg

@@ -94,6 +94,7 @@ def cluster_pseudo_labels(features, probabilities, rounds=1):
 class CGDM(Method):
     name = "cgdm"
     use_gradient_discrepancy = True
+    options = ("alpha", "beta", "num_k", "im_weight", "refresh_every")
 
     def __init__(self, cfg, model_factory, num_classes, device, bottleneck=256, hidden=(256, 256)):
         super().__init__(cfg, model_factory, num_classes, device)
@@ -220,3 +221,4 @@ class MCD(CGDM):
 
     name = "mcd"
     use_gradient_discrepancy = False
+    options = ("num_k",)

@@ -12,6 +12,7 @@ from .base import Method
 
 class DANN(Method):
     name = "dann"
+    options = ("gamma", "lambda_max")
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
