@@ -159,12 +159,15 @@ def test_sigint_saves_a_checkpoint_and_resume_matches(tmp_path, data_dir):
     _assert_same_run(str(tmp_path / "straight"), str(tmp_path / "int"))
 
 
-def test_distributed_two_processes(tmp_path, data_dir):
+# cgdm: pseudo labels refreshed at steps 10 and 20 so that its double backward runs under DDP too
+@pytest.mark.parametrize("method, extra, port", [("dann", [], 29517),
+                                                 ("cgdm", ["--refresh-every", "10"], 29518)])
+def test_distributed_two_processes(tmp_path, data_dir, method, extra, port):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           "-m", "grl_cuda.train", "--task", "mnist-mnistm", "--method", "dann", "--steps", "30",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "grl_cuda.train", "--task", "mnist-mnistm", "--method", method, "--steps", "30",
            "--eval-every", "1000", "--no-plots", "--data-dir", data_dir, "--out", str(tmp_path / "ddp"),
-           "--stop-after", "15"]
+           *extra, "--stop-after", "15"]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 1 and "interrupted at step 15" in first.stderr, first.stderr[-3000:]
     ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
@@ -174,6 +177,11 @@ def test_distributed_two_processes(tmp_path, data_dir):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.load(open(tmp_path / "ddp" / "summary.json"))
     assert summary["config"]["world_size"] == 2 and summary["steps"] == 30
+    if method == "cgdm":
+        records = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
+        assert [r["step"] for r in records if r["kind"] == "refresh"] == [10, 20]
+        trained = [r for r in records if r["kind"] == "train" and r["step"] > 10]
+        assert trained and all(r["gradient_discrepancy"] > 0 for r in trained)
 
 
 def test_dann_dsbn_evaluates_each_domain_with_its_own_statistics(tmp_path, data_dir):
