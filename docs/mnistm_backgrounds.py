@@ -13,16 +13,15 @@ import os
 import numpy as np
 import torch
 
-from grl_cuda import data, models
-from grl_cuda.methods import get_method
-from grl_cuda.train import Config, to_tensors
+from grl_cuda import data
+from grl_cuda.train import load_run, to_tensors
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", required=True)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--methods", default="source-only,dann,target-only")
+    parser.add_argument("--methods", default="source-only,dann,target-only", help="comma list, e.g. add dann-dsbn")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
 
@@ -35,14 +34,10 @@ def main():
     for method in args.methods.split(","):
         accs = []
         for seed in range(args.seeds):
-            ckpt = torch.load(os.path.join(args.runs, method, f"seed{seed}", "checkpoint.pt"), weights_only=False)
-            cfg = Config(method=method, arch="mnist", normalize=ckpt["config"]["normalize"])
+            cfg, _, m = load_run(os.path.join(args.runs, method, f"seed{seed}"), args.data_dir)
             if cfg.normalize not in target_test:
                 target_test[cfg.normalize] = to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_test"]
             x, y = target_test[cfg.normalize]
-            m = get_method(method)(cfg, lambda **o: models.mnist_net(task.num_classes, **o), task.num_classes, torch.device("cpu"))
-            m.load_state_dict(ckpt["method"])
-            m.train(False)
             with torch.no_grad():
                 correct = (m.predict(x, "target").argmax(1) == y).float()
             accs.append((correct[~bright].mean().item(), correct[bright].mean().item()))

@@ -117,6 +117,12 @@ def svhn_net(num_classes=10, domain_bn=False):
 
 
 ARCHITECTURES = {"mnist": mnist_net, "svhn": svhn_net}
+
+
+def model_factory(arch, num_classes):
+    """What methods get to build their networks: ``factory(**options)`` -> a fresh net
+    (options such as ``domain_bn=True`` are the method's to ask for)."""
+    return lambda **options: ARCHITECTURES[arch](num_classes, **options)
 # Architecture by task when --arch is not given (default: mnist).
 DEFAULT_ARCH = {}  # the paper used the SVHN net for Syn Numbers; at 26M parameters it is too slow for 2 CPU cores, so opt in with --arch svhn
 

@@ -172,17 +172,13 @@ def tsne_before_after(args, task, methods):
     """The paper's Figure 4: features of the source-only model vs the DANN model(s), seed 0."""
     import torch
 
-    from . import diagnostics, models
-    from .train import to_tensors
+    from . import diagnostics
+    from .train import load_run, to_tensors
 
-    t = data_mod.load_task(task, args.data_dir)
-    tensors = to_tensors(t, torch.device("cpu"), normalize=args.normalize)
     panels = []
     for method in methods:
-        ckpt = torch.load(os.path.join(run_dir(args.out, task, method, 0), "checkpoint.pt"), weights_only=False)
-        cfg = Config(task=task, method=method, arch="mnist")
-        m = get_method(method)(cfg, lambda **o: models.mnist_net(t.num_classes, **o), t.num_classes, torch.device("cpu"))
-        m.load_state_dict(ckpt["method"])
+        cfg, t, m = load_run(run_dir(args.out, task, method, 0), args.data_dir)
+        tensors = to_tensors(t, torch.device("cpu"), normalize=cfg.normalize)
         fs = diagnostics.embed_all(m, tensors["source_test"][0], "source")
         ft = diagnostics.embed_all(m, tensors["target_test"][0], "target")
         panels.append((f"{method}: d_A = {diagnostics.proxy_a_distance(fs, ft):.2f}", fs, ft))

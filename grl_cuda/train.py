@@ -291,8 +291,7 @@ def train(cfg, progress=True):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    factory = lambda **options: models.ARCHITECTURES[cfg.arch](task.num_classes, **options)  # noqa: E731
-    method = get_method(cfg.method)(cfg, factory, task.num_classes, device)
+    method = get_method(cfg.method)(cfg, models.model_factory(cfg.arch, task.num_classes), task.num_classes, device)
     if cfg.compile:
         for net in method.networks().values():
             net.compile()
@@ -461,6 +460,27 @@ def train(cfg, progress=True):
     if distributed:
         dist.barrier()
     return summary
+
+
+def load_run(out, data_dir=None):
+    """A finished run's (config, task, method with its final weights), on the CPU,
+    in eval mode: for diagnostics after training."""
+    summary_path, ckpt_path = os.path.join(out, "summary.json"), os.path.join(out, "checkpoint.pt")
+    if not (os.path.exists(summary_path) and os.path.exists(ckpt_path)):
+        raise UserError(f"{out} is not a finished run (no summary.json and checkpoint.pt)")
+    with open(summary_path) as f:
+        saved = json.load(f)["config"]
+    fields = {f.name for f in dataclasses.fields(Config)}
+    cfg = Config(**{k: v for k, v in saved.items() if k in fields})
+    cfg.device = "cpu"
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    task = load_data(cfg)
+    method = get_method(cfg.method)(cfg, models.model_factory(cfg.arch, task.num_classes), task.num_classes,
+                                    torch.device("cpu"))
+    method.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["method"])
+    method.train(False)
+    return cfg, task, method
 
 
 def threading_is_main():

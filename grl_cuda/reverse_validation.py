@@ -1,0 +1,99 @@
+"""Reverse validation (Zhong et al., ECML-PKDD 2010): how the DANN paper chose its
+hyper-parameters without target labels. For each finished run (a model trained on
+labeled source and unlabeled target):
+
+1. label the target train images with the run's own predictions;
+2. train a *reverse* model, same method and options, with those pseudo-labeled target
+   images as its source and the source train images as its unlabeled target;
+3. score the run by the reverse model's accuracy on the held-out, labeled source test
+   images.
+
+No target label is read anywhere. Higher is better; compare runs that differ only in
+the option being chosen (say, --lambda-max):
+
+    python -m grl_cuda.reverse_validation runs/lam0.3 runs/lam1
+
+The reverse run is written to <run>/reverse/ and reused when it is already there.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from .train import UserError, load_run, to_tensors, train
+
+
+@torch.no_grad()
+def pseudo_labels(method, x, batch=512):
+    """The run's predicted class of every target image (eval mode)."""
+    return torch.cat([method.predict(x[i:i + batch], "target").argmax(1) for i in range(0, len(x), batch)])
+
+
+def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True):
+    """The reverse-validation score of a finished run (see the module's doc)."""
+    cfg, task, method = load_run(run, data_dir)
+    if method.uses_target_labels:
+        raise UserError(f"{run}: {cfg.method} trains on target labels; reverse validation is for methods that do not")
+    folder = os.path.join(run, "reverse")
+    os.makedirs(folder, exist_ok=True)
+    labels = pseudo_labels(method, to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_train"][0])
+    files = {"source": (task.target_train.x, labels.numpy()),  # the run's target, labeled by the run
+             "target": (task.source_train.x, task.source_train.y),  # its labels reach only logged diagnostics
+             "target_test": (task.source_test.x, task.source_test.y)}
+    for name, (x, y) in files.items():
+        np.savez(os.path.join(folder, f"{name}.npz"), x=x, y=y)
+    reverse_cfg = dataclasses.replace(
+        cfg, **{name: os.path.join(folder, f"{name}.npz") for name in files}, out=folder,
+        steps=steps or cfg.steps, threads=threads or cfg.threads, resume=False, plots=False, stop_after=None)
+    summary_path = os.path.join(folder, "summary.json")
+    summary = None
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            done = json.load(f)
+        if done["config"]["steps"] == reverse_cfg.steps and done.get("pseudo_labels") == labels.tolist():
+            summary = done  # the same reverse run, finished earlier
+    if summary is None:
+        summary = train(reverse_cfg, progress=progress)
+        if summary.get("interrupted"):
+            raise UserError(f"interrupted; the reverse run of {run} did not finish")
+        summary["pseudo_labels"] = labels.tolist()
+        with open(summary_path, "w") as f:
+            json.dump(summary, f, indent=2)
+    return {"run": run, "method": cfg.method, "lambda_max": cfg.lambda_max, "steps": cfg.steps,
+            "score": summary["target_test_acc"],
+            "pseudo_label_classes": int(len(set(labels.tolist())))}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m grl_cuda.reverse_validation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="finished run folders (--out of grl_cuda.train)")
+    parser.add_argument("--steps", type=int, help="steps of each reverse run (default: the run's own)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    rows = []
+    try:
+        for run in args.runs:
+            rows.append(reverse_validate(run, args.data_dir, args.steps, args.threads, progress=not args.quiet))
+    except (UserError, FileNotFoundError, ValueError) as exc:
+        print(f"grl_cuda.reverse_validation: error: {exc}", file=sys.stderr)
+        return 2
+    best = max(rows, key=lambda r: r["score"])
+    print("| run | method | lambda_max | steps | reverse-validation score | classes among pseudo labels |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        mark = " **(best)**" if r is best and len(rows) > 1 else ""
+        print(f"| {r['run']} | {r['method']} | {r['lambda_max']} | {r['steps']} | {r['score']:.4f}{mark} | "
+              f"{r['pseudo_label_classes']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
