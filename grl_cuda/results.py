@@ -40,14 +40,14 @@ def run_one(args, task, method, seed):
     cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
                  eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
                  threads=args.threads, device=args.device, lambda_max=args.lambda_max, normalize=args.normalize,
-                 shift=args.shift)
+                 shift=args.shift, ema=args.ema)
     if os.path.exists(summary_path) and not args.rerun:
         with open(summary_path) as f:
             summary = json.load(f)
         done = summary.get("config", {})
         settled_in_train = {"arch", "world_size"}  # filled in by train(), not known here
         ignored = settled_in_train | (METHOD_OPTIONS - set(get_method(trained_as).options))
-        if all(done.get(k) == v for k, v in cfg.run_defining().items() if k not in ignored):
+        if all(Config.saved_value(done, k) == v for k, v in cfg.run_defining().items() if k not in ignored):
             return summary  # the same run (up to options this method never reads), finished earlier
     if os.path.exists(os.path.join(folder, "checkpoint.pt")) and not args.rerun:
         cfg.resume = True
@@ -106,6 +106,7 @@ def main(argv=None):
     parser.add_argument("--normalize", default=Config.normalize, choices=NORMALIZATIONS,
                         help="input normalisation (see python -m grl_cuda.train --help)")
     parser.add_argument("--shift", type=int, default=Config.shift, help="random translation of training images, pixels")
+    parser.add_argument("--ema", type=float, default=Config.ema, help="evaluate a moving average of the weights (decay)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--data-dir")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -153,7 +154,7 @@ def main(argv=None):
           "[paper]: Ganin & Lempitsky, arXiv v1 Table 1, where the paper has that shift.", "",
           table(results, tasks, methods, args.seeds), ""]
     sizes = {t: data_mod.TASKS[t][1] for t in tasks}
-    options = {"lambda_max": args.lambda_max, "normalize": args.normalize, "shift": args.shift}
+    options = {"lambda_max": args.lambda_max, "normalize": args.normalize, "shift": args.shift, "ema": args.ema}
     md += ["Data: " + "; ".join(f"`{t}`: {d}" for t, d in sizes.items()), "",
            "Options: " + ", ".join(f"{k} = {v}" for k, v in options.items()) + " (other options: the defaults)", ""]
     text = "\n".join(md)

@@ -11,6 +11,7 @@ SIGINT/SIGTERM), curves.png and tsne.png.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,7 +34,7 @@ CHECKPOINT_VERSION = 1
 # Options that change what is computed: a checkpoint only resumes a run that agrees on all of them.
 RUN_DEFINING = ("task", "source", "target", "target_test", "method", "arch", "steps", "batch_size", "lr",
                 "weight_decay", "gamma", "lambda_max", "lr_anneal", "seed", "alpha", "beta", "num_k",
-                "im_weight", "refresh_every", "world_size", "normalize", "shift")
+                "im_weight", "refresh_every", "world_size", "normalize", "shift", "ema")
 NORMALIZATIONS = ("domain", "mean")
 
 
@@ -62,6 +63,7 @@ class Config:
     lr_anneal: bool = True
     normalize: str = "domain"
     shift: int = 3
+    ema: float = 0.0
     seed: int = 0
     out: str = "runs/run"
     device: str = "cpu"
@@ -85,6 +87,12 @@ class Config:
 
     def run_defining(self):
         return {k: getattr(self, k) for k in RUN_DEFINING}
+
+    @staticmethod
+    def saved_value(saved, key):
+        """An option as a saved run recorded it; runs from before the option existed
+        ran with its default."""
+        return saved.get(key, getattr(Config, key))
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -150,6 +158,47 @@ def random_shift(x, max_shift, generator):
     theta[:, 1, 2] = offsets[:, 1] * 2 / h
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False).to(x.device, x.dtype)
     return torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+class WeightAverage:
+    """An exponential moving average of every network's parameters and floating
+    buffers (Polyak averaging), which evaluation uses when ``--ema`` > 0: adversarial
+    training oscillates, and an average of recent weights is steadier than the last
+    ones. ``decay`` 0.999 averages over roughly the last thousand steps."""
+
+    def __init__(self, networks, decay):
+        self.networks, self.decay = networks, decay
+        self.shadow = {name: {k: v.detach().clone() for k, v in net.state_dict().items()}
+                       for name, net in networks.items()}
+
+    @torch.no_grad()
+    def update(self):
+        for name, net in self.networks.items():
+            for k, v in net.state_dict().items():
+                if v.is_floating_point():
+                    self.shadow[name][k].lerp_(v, 1.0 - self.decay)
+                else:
+                    self.shadow[name][k].copy_(v)  # counters such as BatchNorm's num_batches_tracked
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """Within the block the networks hold the averaged weights; then their own again."""
+        own = {name: {k: v.clone() for k, v in net.state_dict().items()} for name, net in self.networks.items()}
+        for name, net in self.networks.items():
+            net.load_state_dict(self.shadow[name])
+        try:
+            yield
+        finally:
+            for name, net in self.networks.items():
+                net.load_state_dict(own[name])
+
+    def state_dict(self):
+        return self.shadow
+
+    def load_state_dict(self, state):
+        for name in self.shadow:
+            for k, v in state[name].items():
+                self.shadow[name][k].copy_(v)
 
 
 class EpochSampler:
@@ -218,7 +267,8 @@ def load_checkpoint(path, cfg):
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint {path} is not a grl_cuda checkpoint of version {CHECKPOINT_VERSION}")
     saved = ckpt["config"]
-    diff = {k: (saved.get(k), v) for k, v in cfg.run_defining().items() if saved.get(k) != v}
+    diff = {k: (Config.saved_value(saved, k), v) for k, v in cfg.run_defining().items()
+            if Config.saved_value(saved, k) != v}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"checkpoint {path} belongs to a different run ({detail}). "
@@ -286,6 +336,8 @@ def train(cfg, progress=True):
         raise UserError(f"unknown --arch {cfg.arch!r}; choose from: {', '.join(models.ARCHITECTURES)}")
     if cfg.shift < 0:
         raise UserError("--shift must be >= 0")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise UserError(f"--ema must be in [0, 1) (0: off; e.g. 0.999), got {cfg.ema}")
     tensors = to_tensors(task, device, rank, world, cfg.normalize)
 
     random.seed(cfg.seed)
@@ -295,6 +347,8 @@ def train(cfg, progress=True):
     if cfg.compile:
         for net in method.networks().values():
             net.compile()
+    average = WeightAverage(method.networks(), cfg.ema) if cfg.ema else None
+    evaluation_weights = average.swapped_in if average else contextlib.nullcontext
     per_rank_batch = cfg.batch_size // world
     src_sampler = EpochSampler(len(tensors["source_train"][1]), per_rank_batch, cfg.seed * 1000 + 2 * rank + 1)
     tgt_sampler = EpochSampler(len(tensors["target_train"][1]), per_rank_batch, cfg.seed * 1000 + 2 * rank + 2)
@@ -308,6 +362,8 @@ def train(cfg, progress=True):
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, cfg)
         method.load_state_dict(ckpt["method"])
+        if average:
+            average.load_state_dict(ckpt["average"])
         per_rank = ckpt["per_rank"][rank]
         src_sampler.load_state_dict(per_rank["source_sampler"])
         tgt_sampler.load_state_dict(per_rank["target_sampler"])
@@ -342,15 +398,17 @@ def train(cfg, progress=True):
             gathered = [per_rank]
         if rank == 0:
             save_atomic({"version": CHECKPOINT_VERSION, "config": cfg.run_defining(), "step": step,
-                         "method": method.state_dict(), "per_rank": gathered, "metrics_lines": metrics_lines(),
+                         "method": method.state_dict(), "average": average.state_dict() if average else None,
+                         "per_rank": gathered, "metrics_lines": metrics_lines(),
                          "elapsed": elapsed_before + time.time() - t0}, ckpt_path)
         if distributed:
             dist.barrier()
 
     def evaluate(step):
-        record = {"kind": "eval", "step": step,
-                  "source_test_acc": accuracy(method, *tensors["source_test"], "source"),
-                  "target_test_acc": accuracy(method, *tensors["target_test"], "target")}
+        with evaluation_weights():
+            record = {"kind": "eval", "step": step,
+                      "source_test_acc": accuracy(method, *tensors["source_test"], "source"),
+                      "target_test_acc": accuracy(method, *tensors["target_test"], "target")}
         write_record(record)
         return record
 
@@ -386,6 +444,8 @@ def train(cfg, progress=True):
                 yt = None  # target labels never reach a method that must not see them
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
                 out = method.train_step(xs, ys, xt, yt, progress_p, target_index=ti)
+            if average:
+                average.update()
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 last = {k: float(v) for k, v in out.items()}
@@ -431,9 +491,10 @@ def train(cfg, progress=True):
     summary = None
     if rank == 0:
         final = evaluate(cfg.steps)
-        extra = method.final_metrics(tensors, final)
-        fs = diagnostics.embed_all(method, tensors["source_test"][0], "source")
-        ft = diagnostics.embed_all(method, tensors["target_test"][0], "target")
+        with evaluation_weights():  # everything reported is of the weights evaluated
+            extra = method.final_metrics(tensors, final)
+            fs = diagnostics.embed_all(method, tensors["source_test"][0], "source")
+            ft = diagnostics.embed_all(method, tensors["target_test"][0], "target")
         summary = {
             "task": task.name, "method": cfg.method, "seed": cfg.seed, "steps": cfg.steps,
             "source_test_acc": final["source_test_acc"],
@@ -447,8 +508,8 @@ def train(cfg, progress=True):
         with open(os.path.join(cfg.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         save_atomic({"version": CHECKPOINT_VERSION, "config": cfg.run_defining(), "step": cfg.steps,
-                     "method": method.state_dict(), "per_rank": [], "metrics_lines": metrics_lines(),
-                     "elapsed": elapsed}, ckpt_path)
+                     "method": method.state_dict(), "average": average.state_dict() if average else None,
+                     "per_rank": [], "metrics_lines": metrics_lines(), "elapsed": elapsed}, ckpt_path)
         if cfg.plots:
             records = [json.loads(line) for line in open(metrics_path)]
             diagnostics.plot_curves(records, os.path.join(cfg.out, "curves.png"), f"{cfg.method} on {task.name}")
@@ -478,7 +539,11 @@ def load_run(out, data_dir=None):
     task = load_data(cfg)
     method = get_method(cfg.method)(cfg, models.model_factory(cfg.arch, task.num_classes), task.num_classes,
                                     torch.device("cpu"))
-    method.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["method"])
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    method.load_state_dict(ckpt["method"])
+    if ckpt.get("average"):  # --ema: the averaged weights are the ones that were evaluated
+        for name, net in method.networks().items():
+            net.load_state_dict(ckpt["average"][name])
     method.train(False)
     return cfg, task, method
 
@@ -516,6 +581,9 @@ def build_parser():
                         "mean: subtract both domains' pooled mean (the paper)")
     g.add_argument("--shift", type=int, default=d.shift,
                    help="random translation of training images, in pixels (0: off, the paper)")
+    g.add_argument("--ema", type=float, default=d.ema,
+                   help="evaluate an exponential moving average of the weights with this decay, e.g. 0.999 "
+                        "(0: off, the paper)")
     g.add_argument("--gamma", type=float, default=d.gamma, help="DANN: gamma of the lambda_p schedule")
     g.add_argument("--lambda-max", type=float, default=d.lambda_max, help="DANN: final lambda")
     g.add_argument("--alpha", type=float, default=d.alpha, help="CGDM: weight of the pseudo-label loss")

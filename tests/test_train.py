@@ -77,13 +77,14 @@ def _assert_same_run(out_a, out_b):
     assert sa["target_test_acc"] == sb["target_test_acc"] and sa["source_test_acc"] == sb["source_test_acc"]
 
 
-@pytest.mark.parametrize("method", ["dann", "dann-dsbn", "source-only"])
-def test_resume_is_bit_exact(tmp_path, data_dir, method):
-    straight = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "straight"))
+@pytest.mark.parametrize("method, options", [("dann", {}), ("dann-dsbn", {}), ("source-only", {}),
+                                             ("dann-dsbn", {"ema": 0.9})])
+def test_resume_is_bit_exact(tmp_path, data_dir, method, options):
+    straight = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "straight"), **options)
     train(straight, progress=False)
-    broken = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "broken"), stop_after=25)
+    broken = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "broken"), stop_after=25, **options)
     assert train(broken, progress=False)["interrupted"]
-    resumed = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "broken"), resume=True)
+    resumed = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "broken"), resume=True, **options)
     train(resumed, progress=False)
     _assert_same_run(str(tmp_path / "straight"), str(tmp_path / "broken"))
 
@@ -202,6 +203,35 @@ def test_dann_dsbn_evaluates_each_domain_with_its_own_statistics(tmp_path, data_
     with torch.no_grad():
         assert not torch.equal(method.predict(xt, "source"), method.predict(xt, "target"))
         assert torch.equal(method.embed(xt, "target"), method.model.embed(xt))  # target: the default
+
+
+def test_weight_average_is_an_ema_and_swaps_back():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = train_mod.WeightAverage({"net": net}, decay=0.5)
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(2.0)
+    net(torch.randn(4, 3))  # moves the BatchNorm buffers and its counter
+    average.update()
+    torch.testing.assert_close(average.shadow["net"]["0.weight"], start + 1.0)  # halfway: decay 0.5
+    assert average.shadow["net"]["1.num_batches_tracked"] == 1  # counters are copied, not averaged
+    with average.swapped_in():
+        torch.testing.assert_close(net[0].weight, start + 1.0)
+    torch.testing.assert_close(net[0].weight, start + 2.0)
+
+
+def test_ema_run_evaluates_and_reloads_the_averaged_weights(tmp_path, data_dir):
+    cfg = cfg_for(tmp_path, data_dir, ema=0.99, steps=30)
+    summary = train(cfg, progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    raw, averaged = ckpt["method"]["networks"]["model"], ckpt["average"]["model"]
+    assert not torch.equal(raw["classifier.weight"], averaged["classifier.weight"])
+    _, _, method = train_mod.load_run(str(tmp_path / "run"), data_dir)
+    assert torch.equal(method.model.classifier.weight, averaged["classifier.weight"])
+    x, y = train_mod.to_tensors(train_mod.load_data(cfg), torch.device("cpu"))["target_test"]
+    assert train_mod.accuracy(method, x, y, "target") == summary["target_test_acc"]
+    with pytest.raises(train_mod.UserError, match="--ema"):
+        train(cfg_for(tmp_path, data_dir, ema=1.0, out=str(tmp_path / "bad")), progress=False)
 
 
 def test_compile_flag_runs(tmp_path, data_dir):
