@@ -25,13 +25,7 @@ import sys
 import numpy as np
 import torch
 
-from .train import UserError, load_run, to_tensors, train
-
-
-@torch.no_grad()
-def pseudo_labels(method, x, batch=512):
-    """The run's predicted class of every target image (eval mode)."""
-    return torch.cat([method.predict(x[i:i + batch], "target").argmax(1) for i in range(0, len(x), batch)])
+from .train import UserError, load_run, predicted_classes, to_tensors, train
 
 
 def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True):
@@ -40,13 +34,11 @@ def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True
     if method.uses_target_labels:
         raise UserError(f"{run}: {cfg.method} trains on target labels; reverse validation is for methods that do not")
     folder = os.path.join(run, "reverse")
-    os.makedirs(folder, exist_ok=True)
-    labels = pseudo_labels(method, to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_train"][0])
+    target_train = to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_train"][0]
+    labels = predicted_classes(method, target_train, "target")
     files = {"source": (task.target_train.x, labels.numpy()),  # the run's target, labeled by the run
              "target": (task.source_train.x, task.source_train.y),  # its labels reach only logged diagnostics
              "target_test": (task.source_test.x, task.source_test.y)}
-    for name, (x, y) in files.items():
-        np.savez(os.path.join(folder, f"{name}.npz"), x=x, y=y)
     reverse_cfg = dataclasses.replace(
         cfg, **{name: os.path.join(folder, f"{name}.npz") for name in files}, out=folder,
         steps=steps or cfg.steps, threads=threads or cfg.threads, resume=False, plots=False, stop_after=None)
@@ -58,6 +50,9 @@ def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True
         if done["config"]["steps"] == reverse_cfg.steps and done.get("pseudo_labels") == labels.tolist():
             summary = done  # the same reverse run, finished earlier
     if summary is None:
+        os.makedirs(folder, exist_ok=True)
+        for name, (x, y) in files.items():
+            np.savez(os.path.join(folder, f"{name}.npz"), x=x, y=y)
         summary = train(reverse_cfg, progress=progress)
         if summary.get("interrupted"):
             raise UserError(f"interrupted; the reverse run of {run} did not finish")

@@ -287,11 +287,16 @@ def versions():
 
 
 @torch.no_grad()
-def accuracy(method, x, y, domain, batch=512):
+def predicted_classes(method, x, domain, batch=512):
+    """``method``'s predicted class of every image of ``x`` (images of ``domain``), in batches."""
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    return torch.cat([method.predict(x[i:i + batch], domain).argmax(1) for i in range(0, len(x), batch)])
+
+
+def accuracy(method, x, y, domain):
     method.train(False)
-    correct = 0
-    for i in range(0, len(x), batch):
-        correct += (method.predict(x[i:i + batch], domain).argmax(1) == y[i:i + batch]).sum().item()
+    correct = (predicted_classes(method, x, domain) == y).sum().item()
     method.train(True)
     return correct / max(1, len(x))
 
@@ -404,11 +409,10 @@ def train(cfg, progress=True):
         if distributed:
             dist.barrier()
 
-    def evaluate(step):
-        with evaluation_weights():
-            record = {"kind": "eval", "step": step,
-                      "source_test_acc": accuracy(method, *tensors["source_test"], "source"),
-                      "target_test_acc": accuracy(method, *tensors["target_test"], "target")}
+    def evaluate(step):  # callers swap in the evaluation weights
+        record = {"kind": "eval", "step": step,
+                  "source_test_acc": accuracy(method, *tensors["source_test"], "source"),
+                  "target_test_acc": accuracy(method, *tensors["target_test"], "target")}
         write_record(record)
         return record
 
@@ -460,7 +464,8 @@ def train(cfg, progress=True):
                 if extra:
                     write_record({"kind": "refresh", "step": step, **extra})
             if step % cfg.eval_every == 0 and step < cfg.steps and rank == 0:
-                rec = evaluate(step)
+                with evaluation_weights():
+                    rec = evaluate(step)
                 if bar is not None:
                     bar.write(f"step {step}: source test {rec['source_test_acc']:.4f}, "
                               f"target test {rec['target_test_acc']:.4f}")
@@ -490,8 +495,8 @@ def train(cfg, progress=True):
     elapsed = elapsed_before + time.time() - t0
     summary = None
     if rank == 0:
-        final = evaluate(cfg.steps)
         with evaluation_weights():  # everything reported is of the weights evaluated
+            final = evaluate(cfg.steps)
             extra = method.final_metrics(tensors, final)
             fs = diagnostics.embed_all(method, tensors["source_test"][0], "source")
             ft = diagnostics.embed_all(method, tensors["target_test"][0], "target")
