@@ -1,5 +1,7 @@
 """Functional API: gradient reversal and the fused domain losses."""
 
+import sys
+
 import torch
 
 from . import _C
@@ -8,12 +10,54 @@ from ._validation import check_float_tensor, check_lambda
 
 ops = torch.ops.grl_cuda
 
-# References to an incoming gradient that the autograd engine itself holds when
-# it calls a Python Function's backward (its input buffer plus the Python object
-# handed to us, plus the binding's own argument). More than this means someone
-# else (a hook, retain_grad, a user) holds it too: then we must not overwrite it.
-# tests/test_grad_reverse.py::test_backward_steals_only_exclusive_gradients pins it.
-_ENGINE_GRAD_USES = 2
+# When may the reversal's backward overwrite its incoming gradient in place (the
+# "steal": one pass, no new buffer)? Only when nothing outside autograd can
+# observe that buffer. Two counts together decide it:
+# - C++ references to the tensor: the engine's input buffer plus the Python
+#   object handed to us. More means another node, a post-hook on our node (the
+#   engine keeps a copy of its inputs for them) or C++ code holds it.
+# - Python references to that object: the engine's call frames plus ours. More
+#   means a Python holder: a tensor hook or grad_fn pre-hook that stored it, a
+#   module's full backward hook, the user's own `grad_outputs` tensor.
+# Storage shared with any other tensor (a view or `.data` kept by a hook) is
+# checked in C++. Grad mode on (create_graph=True) and anomaly mode never steal.
+# Both baselines are measured once, at import, on a probe Function that calls
+# the same helper from the same place (Python versions differ in frame counts);
+# tests/test_steal.py pins them and every case above.
+
+
+def _python_refs(grad):
+    """References to the Python object `grad` (call it directly from a backward)."""
+    return sys.getrefcount(grad)
+
+
+class _ProbeEngineRefs(torch.autograd.Function):
+    """Records the reference counts of an exclusively owned incoming gradient."""
+
+    counts = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        _ProbeEngineRefs.counts.append((_python_refs(grad), _C.use_counts(grad)[0]))
+        return grad
+
+
+def _measure_engine_refs():
+    """(Python refs, C++ refs) of a gradient that only autograd holds, as seen
+    from a Python backward; (0, 0), which disables the steal, if they look odd."""
+    _ProbeEngineRefs.counts.clear()
+    with torch.inference_mode(False), torch.enable_grad():
+        x = torch.zeros(2, requires_grad=True)
+        (_ProbeEngineRefs.apply(x) * 2.0).sum().backward()  # MulBackward's fresh output
+    (py_refs, cpp_refs), = _ProbeEngineRefs.counts
+    return (py_refs, cpp_refs) if 2 <= py_refs <= 16 and 1 <= cpp_refs <= 4 else (0, 0)
+
+
+_ENGINE_PY_REFS, _ENGINE_GRAD_USES = _measure_engine_refs()
 
 
 def _lambda_tensor(lambda_, like):
@@ -43,9 +87,13 @@ class GradReverse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # The steal's Python-side test, first thing and written as in the probe
+        # (the count includes this frame); max_uses 0 means never in place.
+        exclusive = _python_refs(grad) <= _ENGINE_PY_REFS and not torch.is_anomaly_enabled()
+        max_uses = _ENGINE_GRAD_USES if exclusive else 0
         if torch.is_grad_enabled():  # building a graph for a double backward
             return ops.neg_scale(grad, _lambda_tensor(ctx.lambda_, grad)), None, None
-        return _C.reverse_grad(grad, ctx.lambda_, _ENGINE_GRAD_USES), None, None
+        return _C.reverse_grad(grad, ctx.lambda_, max_uses), None, None
 
 
 class _TracedGradReverse(torch.autograd.Function):
