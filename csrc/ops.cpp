@@ -4,6 +4,7 @@
 #include "ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
@@ -57,8 +58,12 @@ void run_copy(const at::Tensor& src, const at::Tensor& dst) {
 
 // The kernels walk flat memory. Dense tensors in any memory format (channels_last
 // included) are walked as they lie, with an output of identical strides; other
-// strided views are made contiguous first.
-at::Tensor dense_source(const at::Tensor& x) { return x.is_non_overlapping_and_dense() ? x : x.contiguous(); }
+// strided views are first copied into `empty_like(x)`, whose strides follow x's
+// suggested memory format. Every output is then `empty_like(x)`: exactly what the
+// fake implementations (grl_cuda/_ops.py) return, so torch.compile sees the real strides.
+at::Tensor dense_source(const at::Tensor& x) {
+  return x.is_non_overlapping_and_dense() ? x : at::empty_like(x).copy_(x);
+}
 
 }  // namespace
 
@@ -102,6 +107,14 @@ at::Tensor neg_scale(const at::Tensor& x, const at::Tensor& lambda) {
 }
 
 void neg_scale_inplace_with(const at::Tensor& x, const Lambda& lambda) {
+  if (lambda.device.defined() && at::get_overlap_status(lambda.device, x) != at::MemOverlapStatus::No) {
+    // lambda lives inside x (e.g. neg_scale_(x, x[0])): every element must be
+    // scaled by the value from before the call, but a GPU kernel would read it
+    // while other threads overwrite it. Read a private copy instead.
+    Lambda copied{lambda.host, lambda.device.clone()};
+    neg_scale_inplace_with(x, copied);
+    return;
+  }
   if (x.is_non_overlapping_and_dense()) {
     run_neg_scale(x, lambda, x);
   } else {

@@ -11,7 +11,7 @@ ops = torch.ops.grl_cuda
 
 @torch.library.register_fake("grl_cuda::neg_scale")
 def _neg_scale_fake(x, lambda_):
-    return torch.empty_like(x)  # the kernel keeps x's strides for dense x, else contiguous, as empty_like does
+    return torch.empty_like(x)  # csrc/ops.cpp allocates every output as empty_like(x) too
 
 
 def _neg_scale_setup(ctx, inputs, output):
@@ -24,7 +24,8 @@ def _neg_scale_backward(ctx, grad):
     grad_x = ops.neg_scale(grad, lambda_) if ctx.needs_input_grad[0] else None
     grad_lambda = None
     if ctx.needs_input_grad[1]:
-        grad_lambda = -(grad * x).sum().to(lambda_.dtype).reshape(lambda_.shape)
+        # on lambda's own device and dtype (a CPU lambda may scale a CUDA tensor)
+        grad_lambda = -(grad * x).sum().to(device=lambda_.device, dtype=lambda_.dtype).reshape(lambda_.shape)
     return grad_x, grad_lambda
 
 

@@ -136,14 +136,15 @@ class WarmStartGradientReversal(GradientReversal):
 
 
 class _ReversedLinearFn(torch.autograd.Function):
-    """y = x W^T + b; grad_x = -lambda * grad_y W computed by one GEMM whose alpha is
-    -lambda, so the reversal touches no tensor of its own."""
+    """y = x W^T + b; grad_x = -lambda * grad_y W. lambda is read from its buffer
+    when the backward runs: in CPU memory it becomes the GEMM's alpha (the reversal
+    touches no tensor of its own); on a GPU the GEMM's fresh output is scaled in
+    place by the device value, so a captured CUDA graph replays the current lambda."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lambda_host, lambda_tensor):
+    def forward(ctx, x, weight, bias, lambda_):
         ctx.save_for_backward(x, weight)
-        ctx.lambda_host = lambda_host
-        ctx.lambda_tensor = lambda_tensor
+        ctx.lambda_ = lambda_
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
@@ -156,37 +157,36 @@ class _ReversedLinearFn(torch.autograd.Function):
         # do too, as nn.Linear's would (autograd casts the results to each input's dtype).
         weight, x = weight.to(g2.dtype), x.to(g2.dtype)
         if ctx.needs_input_grad[0]:
-            if ctx.lambda_host is not None:
-                zero = g2.new_zeros(())
-                grad_x = torch.addmm(zero, g2, weight, beta=0.0, alpha=-ctx.lambda_host)
+            lambda_ = ctx.lambda_
+            if lambda_.device.type == "cpu":  # reading CPU memory is no synchronisation
+                grad_x = torch.addmm(g2.new_zeros(()), g2, weight, beta=0.0, alpha=-float(lambda_))
             else:
-                lam = ctx.lambda_tensor.to(device=g2.device, dtype=g2.dtype).reshape(())
-                grad_x = torch.mm(g2, weight) * (-lam)
+                grad_x = torch.mm(g2, weight).mul_(-lambda_.to(device=g2.device, dtype=torch.float32).reshape(()))
             grad_x = grad_x.reshape(x.shape)
         if ctx.needs_input_grad[1]:
             grad_w = g2.t().mm(x.reshape(-1, x.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None
 
 
 class GradientReversalLinear(_AssignLambda, nn.Linear):
     """``nn.Linear`` preceded by a gradient reversal, fused: the reversal is folded
     into the GEMM that computes the input gradient. Same results as
     ``nn.Sequential(GradientReversal(lambda_), nn.Linear(...))``; state_dict keys are
-    nn.Linear's (lambda is not saved), so checkpoints load both ways.
+    nn.Linear's (lambda is not saved), so checkpoints load both ways. lambda lives
+    in the non-persistent buffer ``lambda_``, read when the backward runs (as
+    :class:`GradientReversal` reads its own).
     """
 
     def __init__(self, in_features, out_features, bias=True, lambda_=1.0, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         value = check_lambda(lambda_)
-        self.register_buffer("lambda_", torch.tensor(float(value), dtype=torch.float32, device=device), persistent=False)
-        self._lambda_host = float(value)  # the GEMM's alpha is a host scalar: kept here, never read back
+        self.register_buffer("lambda_", torch.tensor(0.0, dtype=torch.float32, device=device), persistent=False)
+        self.set_lambda(value)
 
     def set_lambda(self, value):
-        value = _write_lambda(self.lambda_, value)
-        # a tensor value stays on its device: then the GEMM's output is scaled instead
-        self._lambda_host = None if isinstance(value, torch.Tensor) else value
+        _write_lambda(self.lambda_, value)
         return self
 
     def forward(self, x):
@@ -194,7 +194,7 @@ class GradientReversalLinear(_AssignLambda, nn.Linear):
         if torch.compiler.is_compiling():
             # Traceable form: Inductor fuses the scale into the GEMM's epilogue.
             return F.linear(grad_reverse(x, self.lambda_), self.weight, self.bias)
-        return _ReversedLinearFn.apply(x, self.weight, self.bias, self._lambda_host, self.lambda_)
+        return _ReversedLinearFn.apply(x, self.weight, self.bias, self.lambda_)
 
     def extra_repr(self):
         return super().extra_repr() + f", lambda_={float(self.lambda_):.4g}"

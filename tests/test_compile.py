@@ -92,3 +92,37 @@ def test_auto_step_inside_compile_is_refused_clearly():
     compiled = torch.compile(layer, fullgraph=True)
     with pytest.raises(Exception, match="auto_step=False"):
         compiled(torch.randn(3, requires_grad=True))
+
+
+def _layouts_for_strides():
+    cl = torch.randn(2, 3, 4, 10).contiguous(memory_format=torch.channels_last)
+    return {
+        "channels_last": cl,
+        "channels_last_sliced": cl[..., ::2],  # not dense, but its strides look channels-last
+        "channels_last_narrowed": cl[:, 1:],
+        "transposed": torch.randn(5, 4, 3, 2).transpose(0, 3),
+        "expanded": torch.randn(2, 3, 4, 1).expand(2, 3, 4, 5),
+        "expanded_channels_last": torch.randn(2, 1, 4, 5).contiguous(memory_format=torch.channels_last)
+        .expand(2, 3, 4, 5),
+        "strided_2d": torch.randn(6, 8)[:, ::2],
+    }
+
+
+@pytest.mark.parametrize("op", ["neg_scale", "copy"])
+@pytest.mark.parametrize("layout", list(_layouts_for_strides()))
+def test_compiled_output_strides_equal_eager(op, layout):
+    # Inductor trusts the fake implementation's strides (it asserts them on the real
+    # output); they must be the kernel's for every input layout.
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    x = _layouts_for_strides()[layout]
+    args = (x, torch.tensor(0.5)) if op == "neg_scale" else (x,)
+    fn = getattr(torch.ops.grl_cuda, op)
+    eager = fn(*args)
+    compiled = torch.compile(lambda *a: fn(*a), fullgraph=True)(*args)
+    assert compiled.stride() == eager.stride()
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = fn(*(mode.from_tensor(a) for a in args))
+    assert fake.stride() == eager.stride()

@@ -230,3 +230,19 @@ def test_cuda_large_index_and_graph_capture():
     lam.fill_(3.0)
     graph.replay()
     torch.testing.assert_close(static_grad, -3.0 * g)
+
+
+def test_lambda_tensor_requiring_grad_gets_its_true_gradients(device):
+    # grad_reverse's forward does not depend on lambda: its first-order gradient is
+    # zero (None). Its backward -lambda * g does: under create_graph a second
+    # derivative reaches lambda, on lambda's own device.
+    x = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True)
+    lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)  # CPU lambda for any device
+    y = grl_cuda.grad_reverse(x, lam)
+    (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)  # -lam * 2x
+    torch.testing.assert_close(gx, -0.3 * 2 * x)
+    (g_lam,) = torch.autograd.grad(gx.sum(), lam)
+    assert g_lam.device.type == "cpu"
+    torch.testing.assert_close(g_lam, -(2 * x.detach()).sum().cpu())
+    (y * 2.0).sum().backward()
+    assert lam.grad is None  # first order: no dependence

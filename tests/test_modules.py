@@ -10,7 +10,7 @@ from torch import nn
 import grl_cuda
 from grl_cuda import compat, reference, schedules
 
-from conftest import FLOAT_DTYPES
+from conftest import CUDA, FLOAT_DTYPES
 
 
 def grad_of(layer_fn, x, upstream):
@@ -183,6 +183,51 @@ def test_reversal_linear_state_dict_is_linears_and_lambda_updates():
         fused.lambda_ = lam
         expected = -float(lam) * (up @ fused.weight.detach())
         torch.testing.assert_close(grad_of(fused, x, up), expected)
+
+
+def test_reversal_linear_reads_lambda_from_its_buffer_at_backward(device):
+    # Every way of changing the buffer counts, not only set_lambda: a value cached
+    # on the side would be silently stale (and baked into a captured CUDA graph).
+    fused = grl_cuda.GradientReversalLinear(3, 2, lambda_=1.0).to(device)
+    x = torch.randn(4, 3, device=device)
+    up = torch.randn(4, 2, device=device)
+    weight = fused.weight.detach()
+    with torch.no_grad():
+        fused.lambda_.fill_(0.25)
+    torch.testing.assert_close(grad_of(fused, x, up), -0.25 * (up @ weight))
+    fused.lambda_.copy_(torch.tensor(-0.5))
+    torch.testing.assert_close(grad_of(fused, x, up), 0.5 * (up @ weight))
+    xi = x.clone().requires_grad_()
+    y = fused(xi)
+    fused.set_lambda(3.0)  # lambda is read when the backward runs, as GradientReversal's
+    (y * up).sum().backward()
+    torch.testing.assert_close(xi.grad, -3.0 * (up @ weight))
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_reversal_linear_cuda_graph_replays_the_current_lambda():
+    fused = grl_cuda.GradientReversalLinear(16, 8, lambda_=1.0).cuda()
+    x = torch.randn(32, 16, device="cuda", requires_grad=True)
+    up = torch.randn(32, 8, device="cuda")
+    static_grad = torch.empty_like(x)
+
+    def step():
+        x.grad = None
+        (fused(x) * up).sum().backward()
+        static_grad.copy_(x.grad)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    fused.set_lambda(0.25)
+    graph.replay()
+    torch.testing.assert_close(static_grad, -0.25 * (up @ fused.weight.detach()))
 
 
 def test_reversal_linear_double_backward():

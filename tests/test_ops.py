@@ -73,3 +73,27 @@ def test_opcheck_and_gradcheck_domain_bce(device, reduction, shape):
 
     assert gradcheck(f, (z,))
     assert gradgradcheck(f, (z,))
+
+
+@pytest.mark.parametrize("source", ["first", "last", "middle_view"])
+def test_inplace_with_lambda_inside_the_tensor_uses_the_value_from_before(device, source):
+    # neg_scale_(x, x[i]): on a GPU the kernel would overwrite lambda while other
+    # threads still read it; every element must be scaled by the original value.
+    x = torch.randn(4097, device=device) + 2.0
+    before = x.clone()
+    index = {"first": 0, "last": -1, "middle_view": 2000}[source]
+    lam = x[index:index + 1] if index != -1 else x[-1:]
+    expected = before * -before[index]
+    ops.neg_scale_(x, lam)
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+
+
+def test_lambda_gradient_lives_on_lambdas_device(device):
+    # neg_scale is differentiable in lambda; a CPU lambda may scale a tensor on
+    # another device and must get its gradient on its own device and dtype.
+    x = torch.randn(5, device=device, dtype=torch.float32, requires_grad=True)
+    lam = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)  # CPU, float64
+    (ops.neg_scale(x, lam) * 2.0).sum().backward()
+    assert lam.grad.device.type == "cpu" and lam.grad.dtype == torch.float64
+    torch.testing.assert_close(lam.grad, -(2.0 * x.detach()).sum().double().cpu())
+    torch.testing.assert_close(x.grad, torch.full_like(x, -1.0))
