@@ -1,5 +1,12 @@
 // The arithmetic of every grl_cuda op, written once. Both backends include this
-// header, so the CPU tests exercise exactly the formulas the CUDA kernels run.
+// header, so the CPU tests exercise the formulas the CUDA kernels run. One
+// difference, on purpose: for float, the CPU computes exp and log1p with the
+// branch-free approximations below (so its loops vectorise) while the GPU calls
+// its own expf/log1pf. Measured over every float they see (tools/ulp_cpu_math.sh):
+// the CPU's exp_nonpositive is within 1 ulp of the correctly rounded value on
+// [-87, 0] and log1p_unit within 3 ulp on [0, 1]; CUDA documents 2 ulp for expf
+// and 1 ulp for log1pf. So the backends' exp differ by at most 3 ulp and their
+// log1p by at most 4 ulp; double and the reversal's scale are identical.
 #pragma once
 
 #include <c10/macros/Macros.h>
