@@ -87,8 +87,10 @@ class GradReverse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        # The steal's Python-side test, first thing and written as in the probe
-        # (the count includes this frame); max_uses 0 means never in place.
+        if torch.compiler.is_compiling():  # compiled autograd traces this backward: plain aten fuses
+            return _TracedGradReverse.scale(grad, ctx.lambda_), None, None
+        # The steal's Python-side test, written as in the probe (the count includes
+        # this frame; bind `grad` to nothing else before it); 0 means never in place.
         exclusive = _python_refs(grad) <= _ENGINE_PY_REFS and not torch.is_anomaly_enabled()
         max_uses = _ENGINE_GRAD_USES if exclusive else 0
         if torch.is_grad_enabled():  # building a graph for a double backward
@@ -110,11 +112,14 @@ class _TracedGradReverse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.saved_tensors:
-            lambda_ = ctx.saved_tensors[0].to(device=grad.device).reshape(())
-        else:
-            lambda_ = ctx.lambda_
-        return grad * (-lambda_), None, None
+        lambda_ = ctx.saved_tensors[0] if ctx.saved_tensors else ctx.lambda_
+        return _TracedGradReverse.scale(grad, lambda_), None, None
+
+    @staticmethod
+    def scale(grad, lambda_):
+        if isinstance(lambda_, torch.Tensor):
+            lambda_ = lambda_.to(device=grad.device).reshape(())
+        return grad * (-lambda_)
 
 
 def grad_reverse(x, lambda_=1.0, *, copy=False):
@@ -159,7 +164,9 @@ def _fused_loss_input_grad(saved, recompute, formula, grad_loss, reduction, scal
     recompute(): the forward kernel again (same numbers); formula(): the gradient
     as differentiable ops, for create_graph=True; grad_loss: broadcastable to the
     logits when reduction is "none"; scale: 1/count for a mean, else 1."""
-    if torch.is_grad_enabled():  # a second derivative must see the logits
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        # a second derivative must see the logits; compiled autograd must trace
+        # plain ops on saved tensors (not our buffer, kept outside save_for_backward)
         return formula() * (grad_loss * scale)
     if saved is None:
         saved = recompute()

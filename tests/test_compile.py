@@ -126,3 +126,33 @@ def test_compiled_output_strides_equal_eager(op, layout):
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
         fake = fn(*(mode.from_tensor(a) for a in args))
     assert fake.stride() == eager.stride()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_compiled_autograd_traces_our_backwards_and_reads_current_lambda():
+    # Compiled autograd traces the backward of every node, ours included: the
+    # reversal's and the fused losses' backwards must trace without a graph break
+    # (fullgraph) and must not bake lambda in as a constant.
+    import torch._dynamo as dynamo
+    from torch._dynamo import compiled_autograd
+
+    dynamo.reset()
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 1)
+    grl = grl_cuda.GradientReversal(0.5)
+    x = torch.randn(6, 8, requires_grad=True)
+    domains = torch.tensor([0, 1, 0, 1, 1, 0])
+
+    def step(reversal):
+        x.grad = None
+        z = lin(reversal(x))
+        loss = grl_cuda.domain_bce_with_logits(z, 3) + grl_cuda.domain_cross_entropy(torch.cat([z, -z], 1), domains)
+        loss.backward()
+        return x.grad.clone()
+
+    eager = {lam: step(lambda t, lam=lam: reference.grad_reverse(t, lam)) for lam in (0.5, 0.25, 2.0)}
+    with compiled_autograd._enable(torch.compile(backend="inductor", fullgraph=True)):
+        for lam in (0.5, 0.25, 2.0):
+            grl.set_lambda(lam)
+            torch.testing.assert_close(step(grl), eager[lam], rtol=1e-5, atol=1e-6)
+    dynamo.reset()
