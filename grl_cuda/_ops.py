@@ -4,7 +4,39 @@ Importing this module is what makes the ops complete."""
 
 import torch
 
+from . import _C
+from .reference import bce_grad_formula, xent_grad_formula
+
 ops = torch.ops.grl_cuda
+
+# The saved gradient buffer of the eager path is made by our forward and never
+# handed out, so any reference count is ours: let the in-place path take it.
+_OWNED_BUFFER_USES = 1 << 30
+
+
+def fused_loss_input_grad(saved, grad_loss, reduction, scale, formula, recompute=None):
+    """The logits' gradient of a fused loss: the one backward of both losses, for
+    their eager Functions (grl_cuda/functional.py) and their registered ops (below).
+
+    saved: the gradient the forward kept. recompute: given on the eager path only,
+    where `saved` is a private buffer (None after a first backward with
+    retain_graph=True): it is then overwritten in place, and recompute() runs the
+    forward kernel again when it is gone. Without it, `saved` is the op's output
+    and is left alone. formula(): the gradient as differentiable ops, used for
+    create_graph=True (a second derivative must see the logits) and when compiled
+    autograd traces the eager path (our buffer is kept outside save_for_backward).
+    grad_loss: broadcastable to the logits when reduction is "none"; scale:
+    1/count for a mean, else 1."""
+    owned = recompute is not None
+    if torch.is_grad_enabled() or (owned and torch.compiler.is_compiling()):
+        return formula() * (grad_loss * scale)
+    if owned and saved is None:
+        saved = recompute()
+    if reduction == "none":
+        return saved.mul_(grad_loss) if owned else saved * grad_loss
+    if owned:
+        return _C.scale_saved_grad(saved, grad_loss.detach(), scale, _OWNED_BUFFER_USES)
+    return saved * (grad_loss * scale).to(saved.dtype)
 
 
 # ---- neg_scale: -lambda * x ----------------------------------------------------------------------
@@ -65,30 +97,13 @@ def _domain_bce_setup(ctx, inputs, output):
     ctx.args = (num_source, weight_source, weight_target, reduction)
 
 
-def domain_labels_and_weights(logits, num_source, weight_source, weight_target):
-    """Labels (0 source, 1 target) and weights broadcastable to `logits`, built
-    from the row index. Used where the fused kernel's saved gradient cannot
-    serve: double backward and the pure-PyTorch reference."""
-    is_target = torch.arange(logits.shape[0], device=logits.device) >= num_source
-    shape = (-1,) + (1,) * (logits.dim() - 1)
-    labels = is_target.to(logits.dtype).reshape(shape)
-    weights = torch.where(is_target, weight_target, weight_source).to(logits.dtype).reshape(shape)
-    return labels, weights
-
-
 def _domain_bce_backward(ctx, grad_loss, grad_grad, grad_accuracy):
     logits, saved_grad = ctx.saved_tensors
     num_source, weight_source, weight_target, reduction = ctx.args
-    if torch.is_grad_enabled():
-        # create_graph=True: rebuild the gradient from differentiable ops so a
-        # second derivative sees its dependence on the logits.
-        labels, weights = domain_labels_and_weights(logits, num_source, weight_source, weight_target)
-        saved_grad = weights * (torch.sigmoid(logits) - labels)
-    if reduction == "none":
-        return saved_grad * grad_loss, None, None, None, None
-    if reduction == "mean":
-        grad_loss = grad_loss / logits.numel()
-    return saved_grad * grad_loss.to(saved_grad.dtype), None, None, None, None
+    scale = 1.0 / logits.numel() if reduction == "mean" else 1.0
+    grad = fused_loss_input_grad(saved_grad, grad_loss, reduction, scale,
+                                 lambda: bce_grad_formula(logits, num_source, weight_source, weight_target))
+    return grad, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -115,20 +130,12 @@ def _domain_xent_setup(ctx, inputs, output):
     ctx.reduction = reduction
 
 
-def xent_grad_formula(logits, domains):
-    """softmax(logits) - one_hot(domains): the gradient as differentiable ops."""
-    return torch.softmax(logits, dim=1) - torch.nn.functional.one_hot(domains, logits.shape[1]).to(logits.dtype)
-
-
 def _domain_xent_backward(ctx, grad_loss, grad_grad, grad_accuracy):
     logits, domains, saved_grad = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        saved_grad = xent_grad_formula(logits, domains)
-    if ctx.reduction == "none":
-        return saved_grad * grad_loss[:, None], None, None
-    if ctx.reduction == "mean":
-        grad_loss = grad_loss / logits.shape[0]
-    return saved_grad * grad_loss.to(saved_grad.dtype), None, None
+    scale = 1.0 / logits.shape[0] if ctx.reduction == "mean" else 1.0
+    grad = fused_loss_input_grad(saved_grad, grad_loss[:, None] if ctx.reduction == "none" else grad_loss,
+                                 ctx.reduction, scale, lambda: xent_grad_formula(logits, domains))
+    return grad, None, None
 
 
 torch.library.register_autograd("grl_cuda::domain_cross_entropy", _domain_xent_backward,

@@ -5,7 +5,8 @@ import sys
 import torch
 
 from . import _C
-from ._ops import domain_labels_and_weights, xent_grad_formula
+from ._ops import fused_loss_input_grad
+from .reference import bce_grad_formula, xent_grad_formula
 from ._validation import check_float_tensor, check_lambda
 
 ops = torch.ops.grl_cuda
@@ -21,14 +22,13 @@ ops = torch.ops.grl_cuda
 #   module's full backward hook, the user's own `grad_outputs` tensor.
 # Storage shared with any other tensor (a view or `.data` kept by a hook) is
 # checked in C++. Grad mode on (create_graph=True) and anomaly mode never steal.
-# Both baselines are measured once, at import, on a probe Function that calls
-# the same helper from the same place (Python versions differ in frame counts);
-# tests/test_steal.py pins them and every case above.
-
-
-def _python_refs(grad):
-    """References to the Python object `grad` (call it directly from a backward)."""
-    return sys.getrefcount(grad)
+# Both baselines are measured once, at import, on a probe Function whose backward
+# counts the same way from the same place (Python versions differ in frame
+# counts). The Python count is read with sys.getrefcount straight from the
+# backward, never through a Python helper: a helper's own frame may hold one
+# more reference in some interpreter states (seen after a failed torch.compile,
+# whose frame-evaluation hook keeps call arguments). tests/test_steal.py pins the
+# baselines and every case above.
 
 
 class _ProbeEngineRefs(torch.autograd.Function):
@@ -42,7 +42,7 @@ class _ProbeEngineRefs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        _ProbeEngineRefs.counts.append((_python_refs(grad), _C.use_counts(grad)[0]))
+        _ProbeEngineRefs.counts.append((sys.getrefcount(grad), _C.use_counts(grad)[0]))
         return grad
 
 
@@ -89,9 +89,9 @@ class GradReverse(torch.autograd.Function):
     def backward(ctx, grad):
         if torch.compiler.is_compiling():  # compiled autograd traces this backward: plain aten fuses
             return _TracedGradReverse.scale(grad, ctx.lambda_), None, None
-        # The steal's Python-side test, written as in the probe (the count includes
-        # this frame; bind `grad` to nothing else before it); 0 means never in place.
-        exclusive = _python_refs(grad) <= _ENGINE_PY_REFS and not torch.is_anomaly_enabled()
+        # The steal's Python-side test, counted as in the probe (this frame's own
+        # reference included; bind `grad` to nothing else before it). 0: never in place.
+        exclusive = sys.getrefcount(grad) <= _ENGINE_PY_REFS and not torch.is_anomaly_enabled()
         max_uses = _ENGINE_GRAD_USES if exclusive else 0
         if torch.is_grad_enabled():  # building a graph for a double backward
             return ops.neg_scale(grad, _lambda_tensor(ctx.lambda_, grad)), None, None
@@ -152,29 +152,6 @@ def neg_scale(x, lambda_=1.0):
     return ops.neg_scale(x, _lambda_tensor(lambda_, x))
 
 
-# The saved gradient buffer is made by our forward and never handed out, so any
-# reference count is ours: let the in-place path take it.
-_OWNED_BUFFER_USES = 1 << 30
-
-
-def _fused_loss_input_grad(saved, recompute, formula, grad_loss, reduction, scale):
-    """The logits' gradient of a fused loss from the gradient its forward kept.
-
-    saved: that buffer, or None after a first backward (retain_graph=True);
-    recompute(): the forward kernel again (same numbers); formula(): the gradient
-    as differentiable ops, for create_graph=True; grad_loss: broadcastable to the
-    logits when reduction is "none"; scale: 1/count for a mean, else 1."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        # a second derivative must see the logits; compiled autograd must trace
-        # plain ops on saved tensors (not our buffer, kept outside save_for_backward)
-        return formula() * (grad_loss * scale)
-    if saved is None:
-        saved = recompute()
-    if reduction == "none":
-        return saved.mul_(grad_loss)
-    return _C.scale_saved_grad(saved, grad_loss.detach(), scale, _OWNED_BUFFER_USES)
-
-
 def _autocast_to_float32(logits):
     """PyTorch's autocast policy for these losses (as for BCE-with-logits): float32."""
     if torch.is_autocast_enabled(logits.device.type) and logits.dtype != torch.float64:
@@ -202,15 +179,12 @@ class _DomainBce(torch.autograd.Function):
         num_source, weight_source, weight_target, reduction = ctx.args
         saved, ctx.saved_grad = ctx.saved_grad, None
 
-        def recompute():
-            return _C.domain_bce_with_logits(logits, num_source, weight_source, weight_target, reduction)[1]
-
-        def formula():
-            labels, weights = domain_labels_and_weights(logits, num_source, weight_source, weight_target)
-            return weights * (torch.sigmoid(logits) - labels)
-
         scale = 1.0 / logits.numel() if reduction == "mean" else 1.0
-        grad = _fused_loss_input_grad(saved, recompute, formula, grad_loss, reduction, scale)
+        grad = fused_loss_input_grad(
+            saved, grad_loss, reduction, scale,
+            formula=lambda: bce_grad_formula(logits, num_source, weight_source, weight_target),
+            recompute=lambda: _C.domain_bce_with_logits(logits, *ctx.args)[1],
+        )
         return grad, None, None, None, None
 
 
@@ -279,13 +253,11 @@ class _DomainCrossEntropy(torch.autograd.Function):
         saved, ctx.saved_grad = ctx.saved_grad, None
         reduction = ctx.reduction
         scale = 1.0 / logits.shape[0] if reduction == "mean" else 1.0
-        grad = _fused_loss_input_grad(
-            saved,
-            lambda: _C.domain_cross_entropy(logits, domains, reduction)[1],
-            lambda: xent_grad_formula(logits, domains),
-            grad_loss[:, None] if reduction == "none" else grad_loss,  # per-row losses
-            reduction,
-            scale,
+        grad = fused_loss_input_grad(
+            saved, grad_loss[:, None] if reduction == "none" else grad_loss,  # per-row losses
+            reduction, scale,
+            formula=lambda: xent_grad_formula(logits, domains),
+            recompute=lambda: _C.domain_cross_entropy(logits, domains, reduction)[1],
         )
         return grad, None, None
 

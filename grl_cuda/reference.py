@@ -4,7 +4,26 @@ baseline of the benchmarks. Written for clarity, not speed."""
 import torch
 import torch.nn.functional as F
 
-from ._ops import domain_labels_and_weights
+
+def domain_labels_and_weights(logits, num_source, weight_source, weight_target):
+    """Labels (0 source, 1 target) and weights broadcastable to `logits`, built
+    from the row index, as the fused binary loss defines them."""
+    is_target = torch.arange(logits.shape[0], device=logits.device) >= num_source
+    shape = (-1,) + (1,) * (logits.dim() - 1)
+    labels = is_target.to(logits.dtype).reshape(shape)
+    weights = torch.where(is_target, weight_target, weight_source).to(logits.dtype).reshape(shape)
+    return labels, weights
+
+
+def bce_grad_formula(logits, num_source, weight_source, weight_target):
+    """d(sum of weighted BCE-with-logits)/d(logits) = w * (sigmoid(z) - y), as differentiable ops."""
+    labels, weights = domain_labels_and_weights(logits, num_source, weight_source, weight_target)
+    return weights * (torch.sigmoid(logits) - labels)
+
+
+def xent_grad_formula(logits, domains):
+    """softmax(logits) - one_hot(domains): the K-way loss's gradient as differentiable ops."""
+    return torch.softmax(logits, dim=1) - F.one_hot(domains, logits.shape[1]).to(logits.dtype)
 
 
 class _ReferenceGradReverse(torch.autograd.Function):

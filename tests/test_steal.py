@@ -290,3 +290,20 @@ def test_fused_losses_saved_gradient_is_unobservable(device, kind, reduction, ob
     assert len(seen) == len(ref_seen)
     for ours, theirs in zip(seen, ref_seen):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_baselines_hold_after_a_failed_compile():
+    # A failed torch.compile leaves an interpreter state in which every call of a
+    # Python function holds one more reference to its arguments. The counts the
+    # steal relies on must not move with it (they are read without a helper).
+    layer = grl_cuda.WarmStartGradientReversal(max_iters=5, auto_step=True)
+    with pytest.raises(Exception, match="auto_step=False"):
+        torch.compile(layer, fullgraph=True)(torch.randn(3, requires_grad=True))
+    assert functional._measure_engine_refs() == (functional._ENGINE_PY_REFS, functional._ENGINE_GRAD_USES)
+    for scenario in (tensor_hook, grad_fn_prehook, backward_with_gradient):
+        grad, seen = _run(scenario, "ours", "cpu")
+        ref_grad, ref_seen = _run(scenario, "reference", "cpu")
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+        torch.testing.assert_close(seen[0], ref_seen[0], rtol=0, atol=0)
+    assert _buffer_reused()
