@@ -266,9 +266,11 @@ class DomainAdversarialLoss(nn.Module):
     batch sizes. Source is label 0, target label 1.
 
     Args:
-        discriminator: maps (N, F) features to (N, 1) or (N,) logits.
-        grl: a reversal layer applied first; defaults to ``GradientReversal()``
-            unless the discriminator carries a fused one (``fused_grl=True``).
+        discriminator: an ``nn.Module`` mapping (N, F) features to (N, 1) or (N,) logits.
+        grl: a reversal layer (``nn.Module``) applied first; defaults to
+            ``GradientReversal()`` unless the discriminator carries a fused one
+            (``fused_grl=True``), in which case a separate ``grl`` is refused (two
+            reversals cancel).
     """
 
     def __init__(self, discriminator, grl=None):
