@@ -199,8 +199,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_cross_entropy(const at::Te
                     logits.size(0), ",), got ", domains.sizes(), ".");
   TORCH_CHECK_VALUE(domains.device() == logits.device(), "grl_cuda: domains is on ", domains.device(),
                     " but logits is on ", logits.device(), ".");
+  TORCH_CHECK_VALUE(domains.layout() == at::kStrided, "grl_cuda: domains must be a dense (strided) tensor, got layout ",
+                    domains.layout(), ".");
   TORCH_CHECK_VALUE(reduction == "mean" || reduction == "sum" || reduction == "none",
                     "grl_cuda: reduction must be 'mean', 'sum' or 'none', got '", reduction, "'.");
+  const int64_t num_domains = logits.size(1);
+  if (!on_cuda(domains)) {
+    // An id outside [0, K) would read past its row: refuse it (one pass over the
+    // ids, no sync on the CPU). On CUDA the kernel asserts instead: a host check
+    // there would synchronise every step.
+    const auto [lo_t, hi_t] = at::aminmax(domains);
+    const int64_t lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>();
+    TORCH_CHECK_VALUE(0 <= lo && hi < num_domains, "grl_cuda: domains must be ids in [0, K) = [0, ", num_domains,
+                      ") for logits with K = ", num_domains, " columns, got ids in [", lo, ", ", hi, "].");
+  }
   const at::Tensor z = logits.contiguous();
   const at::Tensor ids = domains.contiguous();
   const int64_t rows = z.size(0);

@@ -6,8 +6,8 @@ import torch
 
 from . import _C
 from ._ops import fused_loss_input_grad
+from ._validation import check_bool, check_float_tensor, check_lambda, check_num_source
 from .reference import bce_grad_formula, xent_grad_formula
-from ._validation import check_float_tensor, check_lambda
 
 ops = torch.ops.grl_cuda
 
@@ -81,7 +81,7 @@ class GradReverse(torch.autograd.Function):
     def forward(ctx, x, lambda_=1.0, copy=False):
         check_float_tensor(x, "x")
         ctx.lambda_ = check_lambda(lambda_, x)
-        if copy:
+        if check_bool(copy, "copy"):
             return ops.copy(x)
         return x.view_as(x)
 
@@ -128,11 +128,12 @@ def grad_reverse(x, lambda_=1.0, *, copy=False):
 
     Args:
         x: floating tensor (float32/float64/float16/bfloat16), any shape, strides or device.
-        lambda_: a finite float, or a one-element floating tensor on the CPU or on
+        lambda_: a finite float (within the float32 range unless ``x`` is float64:
+            other dtypes compute in float32), or a one-element floating tensor on the CPU or on
             ``x``'s device (read by the kernel: no host sync, no recompilation under
             ``torch.compile`` when it changes, CUDA-graph safe). Negative values are
             allowed; 0 gives zero gradients.
-        copy: return a fresh tensor instead of a view of ``x``. Needed only if the
+        copy: a bool: return a fresh tensor instead of a view of ``x``. Needed only if the
             output is modified in place (autograd forbids in-place changes of a view
             returned by a custom Function).
 
@@ -141,7 +142,7 @@ def grad_reverse(x, lambda_=1.0, *, copy=False):
     """
     if torch.compiler.is_dynamo_compiling():
         check_float_tensor(x, "x")
-        return _TracedGradReverse.apply(x, check_lambda(lambda_, x), copy)
+        return _TracedGradReverse.apply(x, check_lambda(lambda_, x), check_bool(copy, "copy"))
     return GradReverse.apply(x, lambda_, copy)  # its forward checks the arguments
 
 
@@ -206,8 +207,12 @@ def domain_bce_with_logits(
     Args:
         logits: (N,), (N, 1) or (N, 1, *spatial) floating tensor; every element of a
             row shares that row's domain (per-pixel discriminators).
-        num_source: int in [0, N].
-        weight_source, weight_target: finite floats weighting each domain's terms.
+        num_source: int in [0, N]: a Python or numpy integer, or a one-element
+            integer tensor on the CPU. A tensor on a GPU is refused (TypeError):
+            the kernels take the count on the host, so reading it would synchronise
+            the device every step; pass the source batch size as a Python int.
+        weight_source, weight_target: finite floats weighting each domain's terms
+            (within the float32 range unless ``logits`` is float64).
         reduction: "mean" (over all elements, as PyTorch), "sum" or "none".
         return_accuracy: also return the fraction of elements classified to the
             right domain (logit > 0 means target), a float32 0-dim tensor.
@@ -217,14 +222,12 @@ def domain_bce_with_logits(
         logits' dtype), or ``(loss, accuracy)``.
     """
     check_float_tensor(logits, "logits")
-    if isinstance(num_source, bool) or not isinstance(num_source, int):
-        if not (isinstance(num_source, torch.Tensor) and num_source.numel() == 1 and not num_source.is_floating_point()):
-            raise TypeError(f"grl_cuda: num_source must be an int, got {type(num_source).__name__}.")
-        num_source = int(num_source)
+    num_source = check_num_source(num_source)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"grl_cuda: reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
-    weight_source = check_lambda(weight_source, name="weight_source")
-    weight_target = check_lambda(weight_target, name="weight_target")
+    return_accuracy = check_bool(return_accuracy, "return_accuracy")
+    weight_source = check_lambda(weight_source, logits, name="weight_source")
+    weight_target = check_lambda(weight_target, logits, name="weight_target")
     if isinstance(weight_source, torch.Tensor) or isinstance(weight_target, torch.Tensor):
         raise TypeError("grl_cuda: weight_source and weight_target must be Python floats.")
     if torch.compiler.is_compiling():
@@ -269,7 +272,9 @@ def domain_cross_entropy(logits, domains, *, reduction="mean", return_accuracy=F
 
     Args:
         logits: (N, K) floating tensor, K >= 2.
-        domains: (N,) int64 domain ids in [0, K) (an id outside gives NaN for its row).
+        domains: (N,) int64 domain ids in [0, K). On the CPU an id outside raises a
+            ValueError naming the ids' range; on a GPU it trips a device-side assert
+            (checking on the host would need a sync). Never a NaN loss.
         reduction: "mean" (over rows), "sum" or "none" (per-row losses).
         return_accuracy: also return the fraction of rows whose argmax is their domain.
     """
@@ -278,6 +283,7 @@ def domain_cross_entropy(logits, domains, *, reduction="mean", return_accuracy=F
         raise TypeError(f"grl_cuda: domains must be an int64 tensor, got {type(domains).__name__}.")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"grl_cuda: reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+    return_accuracy = check_bool(return_accuracy, "return_accuracy")
     if torch.compiler.is_compiling():
         loss, _, accuracy = ops.domain_cross_entropy(logits, domains, reduction)
     else:

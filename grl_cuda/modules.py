@@ -6,7 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validation import check_float_tensor, check_lambda
+from ._validation import (
+    check_bool,
+    check_float_tensor,
+    check_int,
+    check_lambda,
+    check_module,
+    check_positive,
+    check_real,
+    check_sizes,
+)
 from .functional import domain_bce_with_logits, grad_reverse
 
 
@@ -63,7 +72,7 @@ class GradientReversal(_LambdaBuffer):
 
     def __init__(self, lambda_=1.0, copy=False):
         super().__init__(lambda_)
-        self.copy = bool(copy)
+        self.copy = check_bool(copy, "copy")
 
     def forward(self, x):
         return grad_reverse(x, self.lambda_, copy=self.copy)
@@ -81,17 +90,21 @@ class WarmStartGradientReversal(GradientReversal):
     no recompilation under torch.compile. With ``auto_step`` each training-mode
     forward applies the current lambda and then advances the step (tllib's order);
     otherwise call ``step()`` yourself once per training step.
+
+    ``max_iters`` is a positive finite number of steps (int or float); ``alpha``,
+    ``lo`` and ``hi`` are finite and within the float32 range (the schedule runs in
+    float32).
     """
 
     def __init__(self, alpha=10.0, lo=0.0, hi=1.0, max_iters=1000, auto_step=False, copy=False):
-        if max_iters <= 0:
-            raise ValueError(f"grl_cuda: max_iters must be positive, got {max_iters}.")
-        for name, value in (("alpha", alpha), ("lo", lo), ("hi", hi)):
-            check_lambda(value, name=name)
+        max_iters = check_positive(max_iters, "max_iters")
+        # the schedule is computed in float32 (the lambda buffer's dtype)
+        alpha, lo, hi = (check_real(v, name) for name, v in (("alpha", alpha), ("lo", lo), ("hi", hi)))
+        auto_step = check_bool(auto_step, "auto_step")
         super().__init__(lo, copy=copy)
-        self.alpha, self.lo, self.hi = float(alpha), float(lo), float(hi)
+        self.alpha, self.lo, self.hi = alpha, lo, hi
         self.max_iters = max_iters
-        self.auto_step = bool(auto_step)
+        self.auto_step = auto_step
         self.register_buffer("num_iter", torch.zeros((), dtype=torch.int64))
         self._refresh_lambda()
 
@@ -180,6 +193,9 @@ class GradientReversalLinear(_AssignLambda, nn.Linear):
     """
 
     def __init__(self, in_features, out_features, bias=True, lambda_=1.0, device=None, dtype=None):
+        in_features = check_int(in_features, "in_features", low=1)
+        out_features = check_int(out_features, "out_features", low=1)
+        bias = check_bool(bias, "bias")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         value = check_lambda(lambda_)
         self.register_buffer("lambda_", torch.tensor(0.0, dtype=torch.float32, device=device), persistent=False)
@@ -204,16 +220,20 @@ class DomainDiscriminator(nn.Sequential):
     """The paper's domain classifier: ``in_features -> hidden... -> 1`` logit, with
     ReLU (and optional BatchNorm/Dropout) between layers.
 
-    MNIST net: ``hidden=(100,)``; SVHN and Office nets: ``hidden=(1024, 1024)``.
+    ``hidden`` is one width or a sequence of widths (``hidden=256`` is ``(256,)``;
+    ``()`` gives a linear classifier). MNIST net: ``hidden=(100,)``; SVHN and
+    Office nets: ``hidden=(1024, 1024)``. ``dropout`` is in [0, 1).
     ``fused_grl=True`` makes the first layer a :class:`GradientReversalLinear`, so the
     discriminator reverses gradients itself at no extra cost (then give
     :class:`DomainAdversarialLoss` no separate ``grl``).
     """
 
     def __init__(self, in_features, hidden=(1024, 1024), batch_norm=False, dropout=0.0, fused_grl=False, lambda_=1.0):
-        hidden = tuple(hidden)
-        if in_features <= 0 or any(h <= 0 for h in hidden):
-            raise ValueError(f"grl_cuda: layer sizes must be positive, got in_features={in_features}, hidden={hidden}.")
+        in_features = check_int(in_features, "in_features", low=1)
+        hidden = check_sizes(hidden, "hidden")  # DomainDiscriminator(128, hidden=256) means one hidden layer
+        batch_norm, fused_grl = check_bool(batch_norm, "batch_norm"), check_bool(fused_grl, "fused_grl")
+        dropout = check_real(dropout, "dropout", low=0.0, high=1.0, high_open=True)
+        check_lambda(lambda_)  # checked even when unused (fused_grl=False): a bad value is a bug either way
         layers = []
         width = in_features
         for i, h in enumerate(hidden + (1,)):
@@ -246,13 +266,22 @@ class DomainAdversarialLoss(nn.Module):
     batch sizes. Source is label 0, target label 1.
 
     Args:
-        discriminator: maps (N, F) features to (N, 1) or (N,) logits.
-        grl: a reversal layer applied first; defaults to ``GradientReversal()``
-            unless the discriminator carries a fused one (``fused_grl=True``).
+        discriminator: an ``nn.Module`` mapping (N, F) features to (N, 1) or (N,) logits.
+        grl: a reversal layer (``nn.Module``) applied first; defaults to
+            ``GradientReversal()`` unless the discriminator carries a fused one
+            (``fused_grl=True``), in which case a separate ``grl`` is refused (two
+            reversals cancel).
     """
 
     def __init__(self, discriminator, grl=None):
         super().__init__()
+        check_module(discriminator, "discriminator")
+        check_module(grl, "grl", optional=True)
+        if grl is not None and getattr(discriminator, "fused_grl", False):
+            raise ValueError(
+                "grl_cuda: the discriminator already reverses gradients (fused_grl=True); a separate grl would "
+                "reverse them twice, i.e. not at all. Pass grl=None."
+            )
         self.discriminator = discriminator
         if grl is None and not getattr(discriminator, "fused_grl", False):
             grl = GradientReversal()

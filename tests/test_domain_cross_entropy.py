@@ -64,10 +64,9 @@ def test_deterministic_and_compiles():
     torch.testing.assert_close(f(z, d), grl_cuda.domain_cross_entropy(z, d) * 2)
 
 
-def test_out_of_range_ids_give_nan_and_nan_propagates():
+def test_nan_propagates():
+    # (out-of-range ids are refused: tests/test_bad_input.py)
     z = torch.randn(3, 3)
-    loss = grl_cuda.domain_cross_entropy(z, torch.tensor([0, 5, 1]), reduction="none")
-    assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
     z[0, 0] = float("nan")
     assert torch.isnan(grl_cuda.domain_cross_entropy(z, torch.tensor([0, 1, 2])))
 
