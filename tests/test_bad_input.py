@@ -231,6 +231,12 @@ def test_domain_adversarial_loss_bad_construction():
            grl_cuda.DomainDiscriminator(4, (8,), fused_grl=True), grl=grl_cuda.GradientReversal())
 
 
+def test_domain_adversarial_loss_needs_batched_features():
+    dal = grl_cuda.DomainAdversarialLoss(grl_cuda.DomainDiscriminator(4, (8,)))
+    raises(ValueError, r"must have a batch dimension.*got shapes \(\) and \(3, 4\)", dal, torch.tensor(1.0),
+           torch.randn(3, 4))
+
+
 # ---- num_source ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("num_source", [2, np.int64(2), np.int32(2), np.uint8(2), torch.tensor(2),
