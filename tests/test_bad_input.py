@@ -291,6 +291,22 @@ def test_domain_ids_out_of_range_are_refused_on_the_cpu(ids, got, reduction):
     raises(ValueError, match, torch.ops.grl_cuda.domain_cross_entropy, z, d, reduction)  # the op layer too
 
 
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_checks_of_cuda_inputs_do_not_synchronise():
+    # ids on a GPU are not range-checked on the host (the kernel asserts): no sync
+    z, d = torch.randn(64, 3, device="cuda"), torch.randint(0, 3, (64,), device="cuda")
+    zb = torch.randn(64, device="cuda")
+    lam = torch.tensor(0.5, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        grl_cuda.domain_cross_entropy(z, d, return_accuracy=True)
+        grl_cuda.domain_bce_with_logits(zb, np.int64(32), return_accuracy=np.bool_(True))
+        grl_cuda.grad_reverse(zb, lam, copy=np.bool_(False))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_domain_ids_at_the_edges_are_accepted():
     z = torch.randn(4, 3)
     loss = grl_cuda.domain_cross_entropy(z, torch.tensor([0, 2, 2, 0]), reduction="none")
