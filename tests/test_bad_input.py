@@ -26,7 +26,8 @@ def raises(error, match, fn, *args, **kwargs):
 
 ODD_TENSORS = [
     pytest.param(lambda: torch.randn(3, 3).to_sparse(), TypeError, r"dense \(strided\).*sparse_coo", id="sparse_coo"),
-    pytest.param(lambda: torch.randn(3, 3).to_sparse_csr(), TypeError, r"dense \(strided\).*sparse_csr", id="sparse_csr"),
+    pytest.param(lambda: torch.randn(3, 3).to_sparse_csr(), TypeError, r"dense \(strided\).*sparse_csr",
+                 id="sparse_csr"),
     pytest.param(lambda: torch.nested.nested_tensor([torch.randn(2), torch.randn(3)]), TypeError, "nested tensor",
                  id="nested_strided"),
     pytest.param(lambda: torch.nested.nested_tensor([torch.randn(2, 4), torch.randn(3, 4)], layout=torch.jagged),
