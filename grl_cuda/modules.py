@@ -292,6 +292,11 @@ class DomainAdversarialLoss(nn.Module):
     def forward(self, f_source, f_target):
         check_float_tensor(f_source, "f_source")
         check_float_tensor(f_target, "f_target")
+        if f_source.dim() == 0 or f_target.dim() == 0:
+            raise ValueError(
+                f"grl_cuda: f_source and f_target must have a batch dimension, e.g. (N, F), got shapes "
+                f"{tuple(f_source.shape)} and {tuple(f_target.shape)}."
+            )
         n_s, n_t = f_source.shape[0], f_target.shape[0]
         if n_s == 0 or n_t == 0:
             raise ValueError(f"grl_cuda: both domains need samples, got {n_s} source and {n_t} target.")

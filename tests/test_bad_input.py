@@ -26,7 +26,8 @@ def raises(error, match, fn, *args, **kwargs):
 
 ODD_TENSORS = [
     pytest.param(lambda: torch.randn(3, 3).to_sparse(), TypeError, r"dense \(strided\).*sparse_coo", id="sparse_coo"),
-    pytest.param(lambda: torch.randn(3, 3).to_sparse_csr(), TypeError, r"dense \(strided\).*sparse_csr", id="sparse_csr"),
+    pytest.param(lambda: torch.randn(3, 3).to_sparse_csr(), TypeError, r"dense \(strided\).*sparse_csr",
+                 id="sparse_csr"),
     pytest.param(lambda: torch.nested.nested_tensor([torch.randn(2), torch.randn(3)]), TypeError, "nested tensor",
                  id="nested_strided"),
     pytest.param(lambda: torch.nested.nested_tensor([torch.randn(2, 4), torch.randn(3, 4)], layout=torch.jagged),
@@ -231,6 +232,12 @@ def test_domain_adversarial_loss_bad_construction():
            grl_cuda.DomainDiscriminator(4, (8,), fused_grl=True), grl=grl_cuda.GradientReversal())
 
 
+def test_domain_adversarial_loss_needs_batched_features():
+    dal = grl_cuda.DomainAdversarialLoss(grl_cuda.DomainDiscriminator(4, (8,)))
+    raises(ValueError, r"must have a batch dimension.*got shapes \(\) and \(3, 4\)", dal, torch.tensor(1.0),
+           torch.randn(3, 4))
+
+
 # ---- num_source ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("num_source", [2, np.int64(2), np.int32(2), np.uint8(2), torch.tensor(2),
@@ -283,6 +290,22 @@ def test_domain_ids_out_of_range_are_refused_on_the_cpu(ids, got, reduction):
     match = r"domains must be ids in \[0, K\) = \[0, 3\).*got ids in " + got
     raises(ValueError, match, grl_cuda.domain_cross_entropy, z, d, reduction=reduction)
     raises(ValueError, match, torch.ops.grl_cuda.domain_cross_entropy, z, d, reduction)  # the op layer too
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_checks_of_cuda_inputs_do_not_synchronise():
+    # ids on a GPU are not range-checked on the host (the kernel asserts): no sync
+    z, d = torch.randn(64, 3, device="cuda"), torch.randint(0, 3, (64,), device="cuda")
+    zb = torch.randn(64, device="cuda")
+    lam = torch.tensor(0.5, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        grl_cuda.domain_cross_entropy(z, d, return_accuracy=True)
+        grl_cuda.domain_bce_with_logits(zb, np.int64(32), return_accuracy=np.bool_(True))
+        grl_cuda.grad_reverse(zb, lam, copy=np.bool_(False))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_domain_ids_at_the_edges_are_accepted():
