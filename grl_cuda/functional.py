@@ -87,7 +87,9 @@ class GradReverse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if torch.compiler.is_compiling():  # compiled autograd traces this backward: plain aten fuses
+        if torch.compiler.is_compiling() or not (grad.is_cpu or grad.is_cuda):
+            # compiled autograd traces this backward (plain aten fuses), or a device
+            # without our kernels (meta for shape inference, mps, xpu...): aten's multiply
             return _TracedGradReverse.scale(grad, ctx.lambda_), None, None
         # The steal's Python-side test, counted as in the probe (this frame's own
         # reference included; bind `grad` to nothing else before it). 0: never in place.

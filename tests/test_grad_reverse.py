@@ -246,3 +246,13 @@ def test_lambda_tensor_requiring_grad_gets_its_true_gradients(device):
     torch.testing.assert_close(g_lam, -(2 * x.detach()).sum().cpu())
     (y * 2.0).sum().backward()
     assert lam.grad is None  # first order: no dependence
+
+
+@pytest.mark.parametrize("lam", [0.5, "tensor"])
+def test_meta_tensors_go_through_forward_and_backward(lam):
+    # shape inference on the meta device (no data): the backward must not reach a kernel
+    x = torch.empty(4, 3, device="meta", requires_grad=True)
+    lam = torch.tensor(0.5) if lam == "tensor" else lam
+    y = grl_cuda.grad_reverse(x, lam)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    assert gx.device.type == "meta" and gx.shape == x.shape
