@@ -17,6 +17,7 @@ from grl_cuda import models
 
 from . import peers
 from .harness import Clock, interleaved
+from .report import fmt
 
 
 def _peer_layer(name):
@@ -111,3 +112,20 @@ def run(device, quick):
         rows.append({"case": f"per-pixel discriminator, features {'x'.join(map(str, shape))}", "impl": name,
                      "full": v, "images_per_s": shape[0] / v["median"]})
     return {"timing": rows}
+
+
+def _table(rows):
+    lines = ["### End to end", "", "| case | implementation | time per step | images/s |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['impl']} | {fmt(r['full']['median'])} | {r['images_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+# ---- plots -------------------------------------------------------------------------------------
+
+
+TITLE = "7. End to end"
+
+
+def report(res, out_dir):
+    return [_table(res["timing"]), ""], []

@@ -17,6 +17,9 @@ import torch
 
 from . import peers
 from .harness import Clock, interleaved, peak_extra_memory_mib
+from .report import fmt, size_label
+
+TITLE = "1-4. The reversal layer"
 
 LAMBDA = 0.7
 
@@ -152,3 +155,108 @@ def run(device, quick):
     for dtype in (torch.bfloat16, torch.float16):
         rows += time_sizes(device, dtype, half_sizes, quick)
     return {"timing": rows, "overhead": overhead(device, quick), "memory": memory(device, quick)}
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+def _tables(res):
+    rows = res["timing"]
+    out = []
+    f32 = [r for r in rows if r["dtype"] == "float32" and "full" in r]
+    sizes = sorted({r["n"] for r in f32})
+    impls = list(dict.fromkeys(r["impl"] for r in f32))
+    get = {(r["impl"], r["n"]): r for r in f32}
+
+    def table(title, key):
+        lines = [f"### {title}", "", "| implementation | " + " | ".join(size_label(n) for n in sizes) + " |",
+                 "|---" * (len(sizes) + 1) + "|"]
+        for impl in impls:
+            cells = []
+            for n in sizes:
+                r = get.get((impl, n))
+                v = r and r.get(key)
+                cells.append(fmt(v["median"]) if v else "-")
+            lines.append(f"| {impl} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    out.append(table("GRL forward+backward, float32 (median; graph x -> layer -> * w -> sum)", "full"))
+    out.append(table("Backward alone, float32 (out.backward() of the same graph)", "bwd"))
+    out.append(table("Forward alone, float32", "fwd"))
+
+    ceil = {(r["impl"], r["n"], r["dtype"]): r for r in rows if "ceiling" in r}
+    lines = ["### The layer's share of the backward, and the machine's ceiling",
+             "", "Added = backward with the layer minus backward without it; GB/s counts the bytes a reversal must "
+             "move (read and write the gradient once); % of the two ceilings measured in the same run.", "",
+             "| dtype | n | implementation | added backward | GB/s | % of fresh-output scale | % of out= bandwidth |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "full" not in r or r["impl"] == "no layer (baseline)" or r["n"] < 1e5:
+            continue
+        fresh = ceil.get(("scale into fresh output (torch.mul)", r["n"], r["dtype"]))
+        raw = ceil.get(("scale into preallocated (out=)", r["n"], r["dtype"]))
+        gb = r["bwd_added_gbps"]
+        pf = f"{100 * gb / fresh['gbps']:.0f}%" if gb and fresh else "-"
+        pr = f"{100 * gb / raw['gbps']:.0f}%" if gb and raw else "-"
+        lines.append(f"| {r['dtype']} | {size_label(r['n'])} | {r['impl']} | {fmt(r['bwd_added_s'])} | "
+                     f"{gb:.1f} | {pf} | {pr} |" if gb else
+                     f"| {r['dtype']} | {size_label(r['n'])} | {r['impl']} | {fmt(r['bwd_added_s'])} | - | - | - |")
+    lines += ["", "| dtype | n | ceiling | time | GB/s |", "|---|---|---|---|---|"]
+    for (impl, n, dtype), r in ceil.items():
+        lines.append(f"| {dtype} | {size_label(n)} | {impl} | {fmt(r['ceiling']['median'])} | {r['gbps']:.1f} |")
+    out.append("\n".join(lines))
+
+    ov = res["overhead"]
+    lines = ["### Per-call overhead (forward+backward / forward alone)", "",
+             "| implementation | " + " | ".join(str(n) for n in sorted({r['n'] for r in ov})) + " |",
+             "|---" * (1 + len({r['n'] for r in ov})) + "|"]
+    for impl in dict.fromkeys(r["impl"] for r in ov):
+        cells = [f"{fmt(r['full']['median'])} / {fmt(r['fwd']['median'])}" for r in ov if r["impl"] == impl]
+        lines.append(f"| {impl} | " + " | ".join(cells) + " |")
+    out.append("\n".join(lines))
+
+    mem = res["memory"]
+    lines = [f"### Peak extra memory, forward+backward at {size_label(mem[0]['n'])} float32 elements "
+             f"({mem[0]['n'] * 4 / 2**20:.0f} MiB tensor)", "",
+             "| implementation | peak above start | vs no layer |", "|---|---|---|"]
+    for r in mem:
+        pk = "-" if r["peak_extra_mib"] is None else f"{r['peak_extra_mib']:.0f} MiB"
+        ex = "-" if r["extra_vs_baseline_mib"] is None else f"{r['extra_vs_baseline_mib']:+.0f} MiB"
+        lines.append(f"| {r['impl']} | {pk} | {ex} |")
+    out.append("\n".join(lines))
+    return out
+
+
+def _plot(res, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in res["timing"] if r["dtype"] == "float32"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for impl in dict.fromkeys(r["impl"] for r in rows if "full" in r):
+        pts = sorted((r["n"], r["full"]["median"]) for r in rows if r["impl"] == impl and "full" in r)
+        axes[0].plot(*zip(*pts), marker="o", label=impl, lw=2.5 if impl == "grl_cuda" else 1.2)
+        gb = sorted((r["n"], r["bwd_added_gbps"]) for r in rows if r["impl"] == impl and r.get("bwd_added_gbps"))
+        if gb and impl != "no layer (baseline)":
+            axes[1].plot(*zip(*gb), marker="o", label=impl, lw=2.5 if impl == "grl_cuda" else 1.2)
+    for impl, style in (("scale into fresh output (torch.mul)", ":"), ("scale into preallocated (out=)", "--")):
+        pts = sorted((r["n"], r["gbps"]) for r in rows if r["impl"] == impl)
+        axes[1].plot(*zip(*pts), ls=style, color="black", label=f"ceiling: {impl}")
+    axes[0].set(xscale="log", yscale="log", xlabel="elements", ylabel="seconds (median)",
+                title="GRL forward+backward, float32")
+    axes[1].set(xscale="log", xlabel="elements", ylabel="GB/s", title="the layer's backward: effective bandwidth")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "grl.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+
+
+def report(res, out_dir):
+    return [t + "\n" for t in _tables(res)], [_plot(res, out_dir)]

@@ -8,6 +8,9 @@ from torch import nn
 import grl_cuda
 
 from .harness import Clock, interleaved
+from .report import ratio_report
+
+TITLE = "6. GradientReversalLinear"
 
 SHAPES = [  # (batch, in, out, where)
     (128, 1200, 100, "MNIST domain head, first layer"),
@@ -44,3 +47,9 @@ def run(device, quick):
         for name, v in t.items():
             rows.append({"impl": name, "shape": f"{batch}x{d_in}->{d_out}", "where": where, "full": v})
     return {"timing": rows}
+
+
+def report(res, out_dir):
+    return ratio_report(res, out_dir, key_col="shape", ours="GradientReversalLinear",
+                        title="forward+backward of one head layer", col_name="batch x in -> out",
+                        plot_title="reversal + linear forward+backward", plot_name="linear.png")

@@ -8,6 +8,9 @@ import torch.nn.functional as F
 import grl_cuda
 
 from .harness import Clock, interleaved
+from .report import ratio_report
+
+TITLE = "5. Fused domain loss, forward+backward"
 
 
 def run(device, quick):
@@ -46,3 +49,9 @@ def run(device, quick):
         for name, v in t.items():
             rows.append({"impl": name, "n": n, "full": v})
     return {"timing": rows}
+
+
+def report(res, out_dir):
+    return ratio_report(res, out_dir, key_col="n", ours="grl_cuda.domain_bce_with_logits",
+                        title="Domain BCE forward+backward (N logits, half source half target)", col_name="N",
+                        plot_title="domain loss forward+backward", plot_name="loss.png")

@@ -33,3 +33,20 @@ def test_quick_run_writes_results(tmp_path):
 def test_bad_arguments_fail_clearly(tmp_path, capsys):
     assert main(["--only", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown families" in capsys.readouterr().err
+
+
+def test_every_family_is_registered_with_its_contract(tmp_path):
+    # adding a benchmark is one module in FAMILIES: each has a title, run and report
+    from bench.run import FAMILIES
+
+    assert set(FAMILIES) >= {"grl", "loss", "xent", "linear", "e2e"}
+    for name, family in FAMILIES.items():
+        assert family.TITLE and callable(family.run) and callable(family.report), name
+
+
+def test_quick_kway_family_reports_both_implementations(tmp_path):
+    assert main(["--quick", "--only", "xent", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    impls = {row["impl"] for row in results["xent"]["timing"]}
+    assert impls == {"grl_cuda.domain_cross_entropy", "F.cross_entropy"}
+    assert "K-way domain loss" in (tmp_path / "results.md").read_text() and (tmp_path / "xent.png").exists()
