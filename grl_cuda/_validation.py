@@ -7,8 +7,16 @@ type tests for the common case; constructors call the fuller checks below."""
 import math
 import numbers
 
-import numpy as np
 import torch
+
+# numpy is optional (the library needs only torch): its bool scalar is refused as
+# a number and accepted as a flag when numpy is there.
+try:
+    from numpy import bool_ as _numpy_bool
+
+    BOOLS = (bool, _numpy_bool)
+except ImportError:  # pragma: no cover - numpy is installed wherever the tests run
+    BOOLS = (bool,)
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Largest finite float32: lambdas and schedule constants that are stored in float32
@@ -85,7 +93,7 @@ def check_lambda(lambda_, like=None, name="lambda_"):
     NaN/inf in a tensor on a GPU is not checked: that would need a host synchronisation."""
     if type(lambda_) is float and -FLOAT32_MAX <= lambda_ <= FLOAT32_MAX:  # the per-call fast path (NaN fails it)
         return lambda_
-    if isinstance(lambda_, (bool, np.bool_)) or not isinstance(lambda_, (numbers.Real, torch.Tensor)):
+    if isinstance(lambda_, BOOLS) or not isinstance(lambda_, (numbers.Real, torch.Tensor)):
         raise TypeError(
             f"grl_cuda: {name} must be a float or a one-element floating tensor, got {type(lambda_).__name__}."
         )
@@ -117,7 +125,7 @@ def _interval(low, high, low_open, high_open):
 def check_real(value, name, *, float32=True, low=None, high=None, high_open=False, low_open=False):
     """A finite real number (Python or numpy, not bool), returned as float;
     optionally within [low, high] (either end open). float32: it must fit in float32."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if isinstance(value, BOOLS) or not isinstance(value, numbers.Real):
         raise TypeError(f"grl_cuda: {name} must be a real number, got {type(value).__name__}.")
     value = _real_to_float(value, name)
     if low is not None or high is not None:
@@ -132,7 +140,7 @@ def check_real(value, name, *, float32=True, low=None, high=None, high_open=Fals
 
 def check_int(value, name, *, low=None):
     """A Python or numpy integer (not bool), returned as int, optionally >= low."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if isinstance(value, BOOLS) or not isinstance(value, numbers.Integral):
         raise TypeError(f"grl_cuda: {name} must be an int, got {type(value).__name__}.")
     value = int(value)
     if low is not None and value < low:
@@ -145,7 +153,7 @@ def check_bool(value, name):
     bool("False") is True, so a truthiness test would silently flip a flag."""
     if value is True or value is False:  # the per-call fast path
         return value
-    if isinstance(value, np.bool_):
+    if isinstance(value, BOOLS[1:]):
         return bool(value)
     raise TypeError(f"grl_cuda: {name} must be a bool (True or False), got {type(value).__name__} {value!r}.")
 
@@ -153,7 +161,7 @@ def check_bool(value, name):
 def check_sizes(value, name):
     """Layer widths: one positive int or a sequence of them (a string is refused),
     returned as a tuple of ints."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+    if isinstance(value, numbers.Integral) and not isinstance(value, BOOLS):
         value = (value,)
     elif isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or isinstance(value, torch.Tensor):
         raise TypeError(
@@ -161,7 +169,7 @@ def check_sizes(value, name):
         )
     sizes = []
     for i, h in enumerate(value):
-        if isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral):
+        if isinstance(h, BOOLS) or not isinstance(h, numbers.Integral):
             raise TypeError(f"grl_cuda: {name}[{i}] must be an int, got {type(h).__name__} {h!r}.")
         if h <= 0:
             raise ValueError(f"grl_cuda: {name} must hold positive widths, got {name}[{i}] = {int(h)}.")
@@ -186,7 +194,7 @@ def check_num_source(num_source):
     (the kernels take the count on the host) would synchronise the device."""
     if type(num_source) is int:  # the per-call fast path
         return num_source
-    if isinstance(num_source, numbers.Integral) and not isinstance(num_source, (bool, np.bool_)):
+    if isinstance(num_source, numbers.Integral) and not isinstance(num_source, BOOLS):
         return int(num_source)
     if isinstance(num_source, torch.Tensor):
         if num_source.is_floating_point() or num_source.is_complex() or num_source.dtype == torch.bool:
@@ -207,6 +215,6 @@ def check_num_source(num_source):
 def check_positive(value, name):
     """A positive finite count such as max_iters: an int (Python or numpy, kept an
     int) or a float (kept a float)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+    if isinstance(value, numbers.Integral) and not isinstance(value, BOOLS):
         return check_int(value, name, low=1)
     return check_real(value, name, float32=False, low=0.0, low_open=True)

@@ -9,16 +9,15 @@ the float32 range (tensor progress computes in float32); ``alpha > -1``.
 import math
 import numbers
 
-import numpy as np
 import torch
 
-from ._validation import check_int, check_real
+from ._validation import BOOLS, check_int, check_real
 
 
 def _progress(p):
     if isinstance(p, torch.Tensor):
         return p.clamp(0.0, 1.0)
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+    if isinstance(p, BOOLS) or not isinstance(p, numbers.Real):
         raise TypeError(f"grl_cuda: progress p must be a float or a tensor, got {type(p).__name__}.")
     if not (0.0 <= p <= 1.0):
         raise ValueError(f"grl_cuda: progress p must be in [0, 1], got {p}.")

@@ -35,3 +35,18 @@ def test_cuda_kernels_built_whenever_possible():
     assert grl_cuda.build_info()["cuda_compiled"], (
         f"torch is a CUDA build and a toolkit is at {toolkit}, but the CUDA kernels were not compiled"
     )
+
+
+def test_the_library_imports_and_runs_without_numpy():
+    # torch is the library's one runtime dependency (numpy is the pipeline's)
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['numpy'] = None\n"
+            "import torch, grl_cuda\n"
+            "x = torch.ones(3, requires_grad=True)\n"
+            "grl_cuda.grad_reverse(x, 0.5).sum().backward()\n"
+            "assert x.grad.tolist() == [-0.5] * 3\n"
+            "grl_cuda.GradientReversal(0.3).set_lambda(0.4)\n")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
