@@ -12,9 +12,8 @@ What matches pytorch-adapt 0.0.83, observably:
   original computes the product in float32 for the half types and rounds once,
   as our kernel does);
 - the weight is read on the input's device (the original moves it there).
-
-Not kept: the original registers ``weight`` with pytorch-metric-learning's record
-keeper (``_record_these``); that bookkeeping needs that package and is left out.
+- ``weight`` is listed in ``_record_these`` (pytorch-metric-learning's record
+  keeper convention) and ``extra_repr`` prints ``weight=tensor([...])``.
 """
 
 import torch
@@ -34,6 +33,7 @@ class GradientReversal(nn.Module):
             raise TypeError(f"grl_cuda: GradientReversal's weight must be a real number, got {weight!r}.")
         if self.weight.is_floating_point():
             check_lambda(self.weight, name="weight")  # NaN/inf: ValueError here, not a NaN gradient later
+        self._record_these = ["weight"]
 
     def update_weight(self, new_weight):
         self.weight[0] = new_weight
