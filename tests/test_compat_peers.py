@@ -147,6 +147,8 @@ def test_revgrad_state_and_alpha():
     assert revgrad.RevGrad is compat.RevGrad
     with pytest.raises(TypeError, match="alpha must be a real number"):
         revgrad.RevGrad(alpha=[0.5, 0.5])
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        revgrad.RevGrad(alpha=float("inf"))
 
 
 def test_pytorch_adapt_state_and_weight():

@@ -525,7 +525,8 @@ def test_whole_run_coefficient_and_loss_match_tllib(dtype, steps, one_thread):
             x_s = torch.randn(16, 3, generator=gen).to(dtype)
             x_t = (torch.randn(16, 3, generator=gen) * 1.5 + 0.5).to(dtype)
             with torch.no_grad():  # the same weights and BatchNorm statistics
-                torch._foreach_copy_(ref_state, my_state)
+                for dst, src in zip(ref_state, my_state):
+                    dst.copy_(src)
                 f_s, f_t = feat(x_s), feat(x_t)
             g_ref = [f_s.clone().requires_grad_(), f_t.clone().requires_grad_()]
             ref_d.zero_grad()

@@ -19,6 +19,7 @@ it); we do not, so a step holds one tensor less.
 import torch
 from torch import nn
 
+from .._validation import check_lambda
 from ..functional import grad_reverse
 
 
@@ -30,6 +31,8 @@ class RevGrad(nn.Module):
         self._alpha = torch.tensor(alpha, requires_grad=False)
         if self._alpha.numel() != 1 or self._alpha.dtype == torch.bool or self._alpha.is_complex():
             raise TypeError(f"grl_cuda: RevGrad's alpha must be a real number, got {alpha!r}.")
+        if self._alpha.is_floating_point():
+            check_lambda(self._alpha, name="alpha")  # NaN/inf: ValueError here, not a NaN gradient later
 
     def forward(self, input_):
         alpha = self._alpha
