@@ -46,6 +46,11 @@ loss and gradient there. With ``w_s``/``w_t`` it uses
 ``F.binary_cross_entropy_with_logits`` with those weights. Any other
 discriminator gets tllib's exact ``F.binary_cross_entropy`` on its probabilities.
 
+Under ``torch.compile`` the warm start's coefficient is a Python float computed
+from the ``iter_num`` attribute, so each step recompiles, as tllib's layer does;
+for compiled loops use :class:`grl_cuda.WarmStartGradientReversal` (buffers,
+updated in place) instead.
+
 Where tllib fails, we do not: source and target batches of different sizes (tllib
 splits the discriminator output in halves and raises a size mismatch; we give
 each domain's mean) and autocast (tllib's probability BCE is refused under
