@@ -137,6 +137,12 @@ def test_compat_tllib_warm_start_matches_tllib_formula():
         coeff = 2.0 * (1.0 - 0.0) / (1.0 + math.exp(-1.0 * i / 1000)) - (1.0 - 0.0) + 0.0  # tllib's expression
         assert -float(x.grad[0]) == pytest.approx(coeff, abs=1e-6)
     assert layer.iter_num == 5
+    # the flat name is tllib's layer: no clamp past max_iters, a settable iter_num, no state
+    layer.iter_num = 3000
+    x.grad = None
+    layer(x).sum().backward()
+    assert -float(x.grad[0]) == pytest.approx(2.0 / (1.0 + math.exp(-3.0)) - 1.0, abs=1e-6)  # 0.905
+    assert layer.state_dict() == {}
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
