@@ -258,7 +258,9 @@ class DomainDiscriminator(nn.Sequential):
 
 
 class DomainAdversarialLoss(nn.Module):
-    """GRL -> discriminator -> fused binary cross-entropy, in one call (tllib's API).
+    """GRL -> discriminator -> fused binary cross-entropy, in one call. Shaped like
+    tllib's loss but ours (source label 0, logits, equal weight per domain); the
+    drop-in that gives tllib's numbers is :class:`grl_cuda.compat.tllib.DomainAdversarialLoss`.
 
     ``loss = dal(f_source, f_target)``: both domains go through the discriminator in
     one forward (one BatchNorm statistics pass, as in the paper). Each domain gets
@@ -324,6 +326,9 @@ class _LazyPercent:
 
     def __float__(self):
         return float(self._value) * 100.0
+
+    def item(self):
+        return float(self)
 
     def __format__(self, spec):
         return format(float(self), spec)

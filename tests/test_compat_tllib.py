@@ -232,7 +232,7 @@ def test_ours_saturates_but_the_compat_layer_does_not():
     (dict(max_iters=float("inf")), ValueError, "max_iters must be finite"),
     (dict(alpha=float("nan")), ValueError, "alpha must be finite"),
     (dict(lo="0"), TypeError, "lo must be a real number"),
-    (dict(auto_step=1), TypeError, "auto_step must be True or False"),
+    (dict(auto_step=1), TypeError, "auto_step must be a bool"),
 ])
 def test_warm_start_rejects_bad_arguments(bad, exc, phrase):
     with pytest.raises(exc, match=phrase):
@@ -285,10 +285,10 @@ def test_discriminator_logits_are_before_the_sigmoid():
 
 
 @pytest.mark.parametrize("bad, exc, phrase", [
-    (dict(in_feature=0, hidden_size=4), ValueError, "in_feature must be positive"),
+    (dict(in_feature=0, hidden_size=4), ValueError, "in_feature must be an int >= 1"),
     (dict(in_feature=4, hidden_size=2.5), TypeError, "hidden_size must be an int"),
     (dict(in_feature=True, hidden_size=4), TypeError, "in_feature must be an int"),
-    (dict(in_feature=4, hidden_size=4, batch_norm="yes"), TypeError, "batch_norm must be True or False"),
+    (dict(in_feature=4, hidden_size=4, batch_norm="yes"), TypeError, "batch_norm must be a bool"),
 ])
 def test_discriminator_rejects_bad_arguments(bad, exc, phrase):
     with pytest.raises(exc, match=phrase):
@@ -458,7 +458,7 @@ def test_loss_unequal_batches_give_each_domains_mean():
 @pytest.mark.parametrize("make, exc, phrase", [
     (lambda: ours.DomainAdversarialLoss(ours.DomainDiscriminator(4, 5), reduction="avg"), ValueError, "reduction"),
     (lambda: ours.DomainAdversarialLoss(3), TypeError, "domain_discriminator"),
-    (lambda: ours.DomainAdversarialLoss(nn.Identity(), sigmoid=None), TypeError, "sigmoid must be True or False"),
+    (lambda: ours.DomainAdversarialLoss(nn.Identity(), sigmoid=None), TypeError, "sigmoid must be a bool"),
     (lambda: ours.DomainAdversarialLoss(nn.Identity())(torch.randn(0, 4), torch.randn(2, 4)), ValueError,
      "both domains need samples"),
     (lambda: ours.DomainAdversarialLoss(nn.Identity())(torch.ones(2, 4, dtype=torch.long), torch.randn(2, 4)),

@@ -57,40 +57,20 @@ each domain's mean) and autocast (tllib's probability BCE is refused under
 autocast; the fused loss computes in float32).
 """
 
-import math
-import numbers
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
-from .._validation import check_float_tensor
+from .._validation import check_bool, check_float_tensor, check_int, check_real
+
+try:  # tllib evaluates its schedule with numpy's exp: the same function gives the same floats
+    from numpy import exp as _exp
+except ImportError:  # pragma: no cover - numpy is optional for the library
+    from math import exp as _exp
 from ..functional import GradReverse, domain_bce_with_logits, domain_cross_entropy, grad_reverse
 
 _REDUCTIONS = ("mean", "sum", "none")
-
-
-def _check_real(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"grl_cuda: {name} must be a real number, got {type(value).__name__}.")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"grl_cuda: {name} must be finite, got {value}.")
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"grl_cuda: {name} must be True or False, got {type(value).__name__}.")
-    return bool(value)
-
-
-def _check_size(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"grl_cuda: {name} must be an int, got {type(value).__name__}.")
-    if value <= 0:
-        raise ValueError(f"grl_cuda: {name} must be positive, got {value}.")
-    return int(value)
 
 
 # ---- tllib.modules.grl ---------------------------------------------------------------------------
@@ -125,7 +105,7 @@ class WarmStartGradientReverseLayer(nn.Module):
     def __init__(self, alpha=1.0, lo=0.0, hi=1.0, max_iters=1000.0, auto_step=False):
         super().__init__()
         for name, value in (("alpha", alpha), ("lo", lo), ("hi", hi), ("max_iters", max_iters)):
-            _check_real(value, name)
+            check_real(value, name, float32=False)  # checked; kept as given, as tllib keeps it
         if max_iters <= 0:
             raise ValueError(f"grl_cuda: max_iters must be positive, got {max_iters}.")
         self.alpha = alpha
@@ -133,13 +113,13 @@ class WarmStartGradientReverseLayer(nn.Module):
         self.hi = hi
         self.iter_num = 0
         self.max_iters = max_iters
-        self.auto_step = _check_bool(auto_step, "auto_step")
+        self.auto_step = check_bool(auto_step, "auto_step")
 
     def coefficient(self):
         """The coefficient the next forward applies (a Python float)."""
         span = self.hi - self.lo
-        # float64 through numpy, in tllib's order of operations: the same float
-        return float(2.0 * span / (1.0 + np.exp(-self.alpha * self.iter_num / self.max_iters)) - span + self.lo)
+        # float64 through numpy (when installed), in tllib's order of operations: the same float
+        return float(2.0 * span / (1.0 + _exp(-self.alpha * self.iter_num / self.max_iters)) - span + self.lo)
 
     def forward(self, input):
         coeff = self.coefficient()
@@ -165,10 +145,10 @@ class DomainDiscriminator(nn.Sequential):
     """
 
     def __init__(self, in_feature, hidden_size, batch_norm=True, sigmoid=True):
-        in_feature = _check_size(in_feature, "in_feature")
-        hidden_size = _check_size(hidden_size, "hidden_size")
-        batch_norm = _check_bool(batch_norm, "batch_norm")
-        sigmoid = _check_bool(sigmoid, "sigmoid")
+        in_feature = check_int(in_feature, "in_feature", low=1)
+        hidden_size = check_int(hidden_size, "hidden_size", low=1)
+        batch_norm = check_bool(batch_norm, "batch_norm")
+        sigmoid = check_bool(sigmoid, "sigmoid")
         # The final layer is made first, as tllib does: a seeded run draws the same initial weights.
         if sigmoid:
             final_layer = nn.Sequential(nn.Linear(hidden_size, 1), nn.Sigmoid())
@@ -269,7 +249,7 @@ class DomainAdversarialLoss(nn.Module):
         self.grl = (WarmStartGradientReverseLayer(alpha=1.0, lo=0.0, hi=1.0, max_iters=1000, auto_step=True)
                     if grl is None else grl)
         self.domain_discriminator = domain_discriminator
-        self.sigmoid = _check_bool(sigmoid, "sigmoid")
+        self.sigmoid = check_bool(sigmoid, "sigmoid")
         self.reduction = reduction
         self.domain_discriminator_accuracy = None
 
