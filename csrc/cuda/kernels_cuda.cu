@@ -179,15 +179,18 @@ __global__ void __launch_bounds__(kThreads) domain_xent_partials_kernel(
   double loss_sum = 0.0;
   unsigned long long hits = 0;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  bool id_in_range = true;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += stride) {
-    // The op layer checks the ids on the host when it can; a bad id that reaches the
-    // device stops the kernel instead of yielding a NaN loss.
-    CUDA_KERNEL_ASSERT(ids[r] >= 0 && ids[r] < k);
+    id_in_range &= ids[r] >= 0 && ids[r] < k;
     opmath_t row_loss;
     hits += math::softmax_xent_row<scalar_t, opmath_t>(logits + r * k, k, 1, ids[r], grad + r * k, row_loss) ? 1ull : 0ull;
     if (loss_elems != nullptr) loss_elems[r] = static_cast<scalar_t>(row_loss);
     loss_sum += static_cast<double>(row_loss);
   }
+  // The op layer checks the ids on the host when it can; a bad id that reaches the
+  // device stops the kernel instead of yielding a NaN loss. (Asserted once, after the
+  // loop: a call inside it costs the double kernel spills and a stack frame.)
+  CUDA_KERNEL_ASSERT(id_in_range && "a domain id outside [0, K)");
   store_block_partials(loss_sum, hits, loss_partial, hit_partial);
 }
 
