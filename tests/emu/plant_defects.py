@@ -2,7 +2,8 @@
 csrc/cuda/kernels_cuda.cu, builds that copy against the emulator (only the kernels
 unit recompiles; the rest comes from build/emu's cache), runs tests/emu on it and
 requires a failure. Prints, and writes to build/emu/defects/report.md, which test
-caught each defect and how (wrong values, an emulator error, an ASan report).
+caught each defect, how many tests fail, and how (wrong values, an emulator error, an
+ASan report).
 
     python tests/emu/plant_defects.py [--only NAME,...]
 
@@ -59,16 +60,23 @@ def tail_short(text):
 DEFECTS = {f.__name__: f for f in (skip_thread, no_syncthreads, tail_past_end, tail_short)}
 
 
-def _first_failure(output):
-    """(test id, how) of the first failing test in pytest -v output."""
-    how = ("ASan report" if "AddressSanitizer" in output else
-           "UBSan report" if "runtime error:" in output else
-           "emulator error" if "grl_emu:" in output else "wrong values")
-    m = re.search(r"^(tests/emu/\S+::\S+) FAILED", output, re.M)
-    if m:
-        return m.group(1), how
-    started = re.findall(r"^(tests/emu/\S+::\S+)(?: |$)(?!.*(?:PASSED|SKIPPED))", output, re.M)
-    return (started[-1] if started else "?") + " (the process aborted)", how
+def _summary(output):
+    """(failing test functions, how they failed) from pytest -v -s -rf output."""
+    failed = re.findall(r"^FAILED tests/emu/test_emu_kernels.py::(\S+)", output, re.M)
+    if not re.search(r"^=+ .*(passed|failed)", output, re.M):  # no final line: the process aborted
+        started = re.findall(r"^tests/emu/test_emu_kernels.py::(\S+) ", output, re.M)
+        done = set(re.findall(r"^tests/emu/test_emu_kernels.py::(\S+) (?:PASSED|FAILED|SKIPPED)", output, re.M))
+        crashed = [t for t in started if t not in done]
+        failed.append((crashed[-1] if crashed else "?") + " (aborted the process)")
+    how = [label for label, marker in (("ASan report", "AddressSanitizer"), ("UBSan report", "runtime error:"),
+                                       ("emulator error", "grl_emu: kernel"), ("wrong values", "AssertionError"))
+           if marker in output]
+    functions = []
+    for test in failed:
+        name = test.split("[")[0]
+        if name not in functions:
+            functions.append(name)
+    return failed, functions, how
 
 
 def main(argv=None):
@@ -94,24 +102,26 @@ def main(argv=None):
         with open(source, "w") as f:
             f.write(planted)
         so = build.build(source, folder)
-        # -x: the first failure is the proof; the emulator's own self-tests are skipped
-        # (they do not run this file's kernels).
-        proc = subprocess.run([sys.executable, "-m", "pytest", os.path.join(HERE, "test_emu_kernels.py"), "-x", "-v",
-                               "-p", "no:cacheprovider", "-k", "not TestEmulator"],
+        # The whole suite, less the emulator's own self-tests (they do not run this file's
+        # kernels); -s so that a sanitizer report that aborts the process is not swallowed.
+        proc = subprocess.run([sys.executable, "-m", "pytest", os.path.join(HERE, "test_emu_kernels.py"), "-v", "-s",
+                               "-rf", "-p", "no:cacheprovider", "-k", "not TestEmulator"],
                               env={**env, "GRL_EMU_LIB": so}, capture_output=True, text=True, cwd=build.ROOT)
         output = proc.stdout + proc.stderr
         with open(os.path.join(folder, "pytest.log"), "w") as f:
             f.write(output)
-        if proc.returncode == 0:
+        failed, functions, how = _summary(output)
+        if proc.returncode == 0 or not failed:
             uncaught.append(name)
-            rows.append((name, DEFECTS[name].__doc__, "NOT CAUGHT", "", time.time() - t0))
+            rows.append((name, DEFECTS[name].__doc__, "NOT CAUGHT", "", "", time.time() - t0))
         else:
-            test, how = _first_failure(output)
-            rows.append((name, DEFECTS[name].__doc__, test.replace("tests/emu/test_emu_kernels.py::", ""), how,
-                         time.time() - t0))
-        print(f"planted {name}: {rows[-1][2]} ({rows[-1][3]}), {rows[-1][4]:.0f} s", flush=True)
-    lines = ["| defect | planted | first test that fails | how | seconds |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {d} | `{t}` | {h} | {s:.0f} |" for n, d, t, h, s in rows]
+            rows.append((name, DEFECTS[name].__doc__, failed[0], f"{len(failed)}: " + ", ".join(functions),
+                         ", ".join(how), time.time() - t0))
+        print(f"planted {name}: first caught by {rows[-1][2]}; failing tests {rows[-1][3]} ({rows[-1][4]}), "
+              f"{rows[-1][5]:.0f} s", flush=True)
+    lines = ["| defect | planted | first test that fails | failing tests (count: functions) | how | seconds |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {d} | `{t}` | {f} | {h} | {s:.0f} |" for n, d, t, f, h, s in rows]
     report = "\n".join(lines)
     with open(os.path.join(OUT, "report.md"), "w") as f:
         f.write(report + "\n")
