@@ -21,6 +21,10 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;
+// block_sum's tree halves the block down to one slot and indexes shared arrays sized
+// kThreads: every block-reducing kernel must run exactly kThreads threads, a power of two.
+static_assert(kThreads >= 32 && kThreads <= 1024 && (kThreads & (kThreads - 1)) == 0,
+              "block_sum needs a power-of-two block of at most 1024 threads");
 // Fixed block count for reductions: a function of n only (never of the device),
 // so the partition and therefore the sum are bitwise reproducible.
 constexpr int kReduceBlocks = 512;
@@ -37,9 +41,10 @@ __device__ __forceinline__ opmath_t load_lambda(const opmath_t* device_lambda, o
   return device_lambda != nullptr ? *device_lambda * host_lambda : host_lambda;
 }
 
+// in and out carry no __restrict__ here or below: neg_scale_ runs in place (in == out).
 template <typename scalar_t, typename Op>
 __global__ void __launch_bounds__(kThreads)
-    elementwise_vec_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t n, Op op) {
+    elementwise_vec_kernel(const scalar_t* in, scalar_t* out, int64_t n, Op op) {
   constexpr int kVec = 16 / sizeof(scalar_t);
   using VecT = Vec<scalar_t, kVec>;
   const int64_t n_vec = n / kVec;
@@ -58,7 +63,7 @@ __global__ void __launch_bounds__(kThreads)
 // Generic fallback for pointers that are not 16-byte aligned (e.g. a storage offset).
 template <typename scalar_t, typename Op>
 __global__ void __launch_bounds__(kThreads)
-    elementwise_scalar_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t n, Op op) {
+    elementwise_scalar_kernel(const scalar_t* in, scalar_t* out, int64_t n, Op op) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   const auto scale = op.prepare();
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -174,12 +179,18 @@ __global__ void __launch_bounds__(kThreads) domain_xent_partials_kernel(
   double loss_sum = 0.0;
   unsigned long long hits = 0;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  bool id_in_range = true;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += stride) {
+    id_in_range &= ids[r] >= 0 && ids[r] < k;
     opmath_t row_loss;
     hits += math::softmax_xent_row<scalar_t, opmath_t>(logits + r * k, k, 1, ids[r], grad + r * k, row_loss) ? 1ull : 0ull;
     if (loss_elems != nullptr) loss_elems[r] = static_cast<scalar_t>(row_loss);
     loss_sum += static_cast<double>(row_loss);
   }
+  // The op layer checks the ids on the host when it can; a bad id that reaches the
+  // device stops the kernel instead of yielding a NaN loss. (Asserted once, after the
+  // loop: a call inside it costs the double kernel spills and a stack frame.)
+  CUDA_KERNEL_ASSERT(id_in_range && "a domain id outside [0, K)");
   store_block_partials(loss_sum, hits, loss_partial, hit_partial);
 }
 
@@ -208,10 +219,15 @@ void neg_scale_kernel_cuda(const at::Tensor& src, const Lambda& lambda, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "neg_scale_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const opmath_t* device_lambda = nullptr;
+    at::Tensor lambda_snapshot;
     if (lambda.device.defined()) {
       TORCH_INTERNAL_ASSERT(lambda.device.scalar_type() == c10::CppTypeToScalarType<opmath_t>::value,
                             "the op layer converts lambda to the op math type");
-      device_lambda = lambda.device.const_data_ptr<opmath_t>();
+      // Every thread reads lambda at its start; a lambda inside the output (e.g.
+      // x.neg_scale_(x[k])) would be overwritten by one thread while others still read
+      // it. Read a copy made on the stream before the launch (no host sync).
+      lambda_snapshot = lambda.device.is_alias_of(dst) ? lambda.device.clone() : lambda.device;
+      device_lambda = lambda_snapshot.const_data_ptr<opmath_t>();
     }
     launch_elementwise<scalar_t>(src, dst, NegScaleOp<scalar_t>{device_lambda, static_cast<opmath_t>(lambda.host)});
   });
