@@ -4,7 +4,6 @@
 #include "ops.h"
 
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
@@ -107,14 +106,8 @@ at::Tensor neg_scale(const at::Tensor& x, const at::Tensor& lambda) {
 }
 
 void neg_scale_inplace_with(const at::Tensor& x, const Lambda& lambda) {
-  if (lambda.device.defined() && at::get_overlap_status(lambda.device, x) != at::MemOverlapStatus::No) {
-    // lambda lives inside x (e.g. neg_scale_(x, x[0])): every element must be
-    // scaled by the value from before the call, but a GPU kernel would read it
-    // while other threads overwrite it. Read a private copy instead.
-    Lambda copied{lambda.host, lambda.device.clone()};
-    neg_scale_inplace_with(x, copied);
-    return;
-  }
+  // A device lambda inside x (neg_scale_(x, x[0])) is snapshotted by the CUDA
+  // launch itself (kernels_cuda.cu); a CPU lambda is read on the host first.
   if (x.is_non_overlapping_and_dense()) {
     run_neg_scale(x, lambda, x);
   } else {
