@@ -56,7 +56,7 @@ def test_build_version_names_the_torch_it_was_built_for():
         assert label == f"pt{release}{variant}"
 
 
-def test_local_label_and_arch_flags(monkeypatch):
+def test_local_label_and_arch_flags(monkeypatch, tmp_path):
     setup = _setup_module()
     monkeypatch.delenv("GRL_LOCAL_VERSION", raising=False)
     monkeypatch.delenv("PIP_BUILD_TRACKER", raising=False)
@@ -65,6 +65,13 @@ def test_local_label_and_arch_flags(monkeypatch):
     assert setup.local_label(cuda) == "pt2141cu130"
     assert setup.local_label(cpu) == "pt2130cpu"
     assert setup.local_label(dict(cuda, with_cuda=False)) == "pt2141cpu"  # GRL_CUDA=0 on a CUDA torch
+    # pip refuses a wheel built from an index's sdist unless it keeps the sdist's version
+    (tmp_path / "PKG-INFO").write_text("Version: 0.2.0\n")
+    monkeypatch.setattr(setup, "HERE", str(tmp_path))
+    monkeypatch.setenv("PIP_BUILD_TRACKER", str(tmp_path))
+    assert setup.local_label(cuda) == ""
+    monkeypatch.delenv("PIP_BUILD_TRACKER")
+    assert setup.local_label(cuda) == "pt2141cu130"  # python -m build also builds from the sdist
     monkeypatch.setenv("GRL_LOCAL_VERSION", "none")
     assert setup.local_label(cuda) == ""
     assert setup.cuda_arch_flags("7.5;8.0 9.0a;12.0+PTX") == ["sm_75", "sm_80", "sm_90a", "sm_120", "compute_120"]
