@@ -48,6 +48,15 @@ def building_sdist():
     return "sdist" in sys.argv[1:]
 
 
+def compiling():
+    """Whether this run builds the package (and so must record what it builds). Build
+    frontends also run setup.py for metadata only (egg_info, dist_info), for instance in
+    the source folder before making an sdist: those must not overwrite the record of the
+    folder's own build."""
+    commands = {"build", "build_ext", "build_py", "bdist_wheel", "editable_wheel", "develop", "install"}
+    return bool(commands & set(sys.argv[1:]))
+
+
 def torch_release(version):
     return str(version).split("+", 1)[0]
 
@@ -220,7 +229,8 @@ def main():
     print("grl_cuda build configuration:")
     for key, value in config.items():
         print(f"  {key:15s} {value}")
-    write_build_config(config)
+    if compiling():
+        write_build_config(config)
     from torch.utils.cpp_extension import BuildExtension
 
     setup(

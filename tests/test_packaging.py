@@ -138,3 +138,14 @@ def test_torch_mismatch_rules():
 )
 def test_kernels_for_gpu(flags, capability, runs):
     assert kernels_for_gpu(flags, capability) == runs
+
+
+def test_metadata_runs_leave_the_build_record_alone(monkeypatch):
+    # a frontend runs `setup.py egg_info` in the source folder before making an sdist; with
+    # another torch there, rewriting grl_cuda/_build_config.py would make the folder's own
+    # build refuse to import
+    setup = _setup_module()
+    for argv, compiles in [(["egg_info"], False), (["dist_info"], False), (["sdist"], False),
+                           (["bdist_wheel"], True), (["editable_wheel"], True), (["build_ext", "--inplace"], True)]:
+        monkeypatch.setattr(sys, "argv", ["setup.py", *argv])
+        assert setup.compiling() == compiles, argv
