@@ -1,6 +1,7 @@
 """Build grl_cuda's compiled core against the torch already installed.
 
-    pip install --no-build-isolation .
+    pip install --no-build-isolation .                  # install from source
+    python -m build --no-isolation                      # sdist + wheel (tools/build_wheels.sh: every supported torch)
 
 CPU kernels are always built. CUDA kernels are built whenever torch is a CUDA
 build and a CUDA toolkit (nvcc) is found, whether or not a GPU is visible: a
@@ -11,11 +12,19 @@ Environment switches:
     CUDA_HOME               the CUDA toolkit folder (holding bin/nvcc and include/); found automatically if unset
     TORCH_CUDA_ARCH_LIST    GPU architectures, e.g. "9.0" or "8.0;9.0+PTX" (default: see DEFAULT_CUDA_ARCHS)
     MAX_JOBS                parallel compile jobs (ninja)
+    GRL_LOCAL_VERSION       the wheel's local version label: auto (default: what it was built against,
+                            e.g. 0.2.0+pt2141cu130), none, or a label of your own
+
+A wheel (or any binary build) requires exactly the torch release it was compiled against;
+the sdist only the oldest torch the sources support.
 """
 
 import glob
 import os
+import platform
+import re
 import shutil
+import subprocess
 import sys
 import sysconfig
 
@@ -25,6 +34,87 @@ from setuptools import find_packages, setup
 # architectures older than Turing.
 DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
 HERE = os.path.dirname(os.path.abspath(__file__))
+MIN_TORCH = "2.4"
+
+
+def read_version():
+    """grl_cuda/_version.py holds the version; read as text, since importing the package
+    needs its compiled core."""
+    with open(os.path.join(HERE, "grl_cuda", "_version.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+def building_sdist():
+    return "sdist" in sys.argv[1:]
+
+
+def compiling():
+    """Whether this run builds the package (and so must record what it builds). Build
+    frontends also run setup.py for metadata only (egg_info, dist_info), for instance in
+    the source folder before making an sdist: those must not overwrite the record of the
+    folder's own build."""
+    commands = {"build", "build_ext", "build_py", "bdist_wheel", "editable_wheel", "develop", "install"}
+    return bool(commands & set(sys.argv[1:]))
+
+
+def torch_release(version):
+    return str(version).split("+", 1)[0]
+
+
+def local_label(config):
+    """'pt2141cu130': the torch release and, when CUDA kernels are in, the CUDA version
+    they need; 'pt2130cpu' for CPU kernels only."""
+    setting = os.environ.get("GRL_LOCAL_VERSION", "auto").strip()
+    if setting.lower() in ("", "none", "0"):
+        return ""
+    if setting.lower() != "auto":
+        return setting
+    # pip checks that a wheel it builds from an sdist found on an index keeps the
+    # sdist's version, so a source build by pip from an sdist gets no label.
+    if os.path.isfile(os.path.join(HERE, "PKG-INFO")) and "PIP_BUILD_TRACKER" in os.environ:
+        return ""
+    label = "pt" + torch_release(config["torch_version"]).replace(".", "")
+    if config["with_cuda"]:
+        return label + "cu" + str(config["torch_cuda"]).replace(".", "")
+    return label + "cpu"
+
+
+def cpu_isa_paths():
+    """The CPU code paths compiled in: csrc/cpu/kernels_cpu.cpp adds an AVX2 + FMA copy
+    of the fused loss's float loop on x86-64 (chosen at run time by CPUID)."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return ["baseline", "avx2+fma"]
+    return ["baseline"]
+
+
+def cuda_arch_flags(archs):
+    """'8.0;9.0+PTX' -> ['sm_80', 'sm_90', 'compute_90']: the machine code (sm_) and the
+    PTX (compute_, compiled by the driver for newer GPUs) in the binary."""
+    flags = []
+    for entry in re.split(r"[;\s,]+", archs.strip()):
+        if not entry:
+            continue
+        number, _, ptx = entry.partition("+")
+        digits = number.replace(".", "")
+        if not re.fullmatch(r"\d+[a-z]?", digits):
+            flags.append(entry)  # a name such as "Hopper": torch resolves it; report as given
+            continue
+        flags.append("sm_" + digits)
+        if ptx.upper() == "PTX":
+            flags.append("compute_" + digits)
+    return flags
+
+
+def nvcc_version(cuda_home):
+    try:
+        out = subprocess.run(
+            [os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"release (\d+\.\d+)", out)
+    return match.group(1) if match else None
 
 
 def _is_cuda_toolkit(folder):
@@ -83,14 +173,21 @@ def resolve_config():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-    return {
+    config = {
         "with_cuda": with_cuda,
         "why_no_cuda": "; ".join(reasons) if not with_cuda else "",
         "cuda_home": cuda_home if with_cuda else None,
         "cuda_archs": archs if with_cuda else None,
-        "torch_version": torch.__version__,
+        "cuda_arch_flags": cuda_arch_flags(archs) if with_cuda else [],
+        "nvcc_version": nvcc_version(cuda_home) if with_cuda else None,
+        "torch_version": str(torch.__version__),
         "torch_cuda": torch.version.cuda,
+        "cpu_isa_paths": cpu_isa_paths(),
+        "python": platform.python_version(),
     }
+    label = local_label(config)
+    config["version"] = read_version() + ("+" + label if label else "")
+    return config
 
 
 def write_build_config(config):
@@ -107,7 +204,8 @@ def extensions(config):
     sources = ["csrc/ops.cpp", "csrc/bindings.cpp", "csrc/cpu/kernels_cpu.cpp", "csrc/cpu/bce_avx2.cpp"]
     # -fno-trapping-math lets the compiler if-convert (and so vectorise) the loss
     # loop's selects; it changes no result, only assumes FP exceptions do not trap.
-    cxx_flags = ["-O3", "-fno-trapping-math"]
+    # -g0: no debug info (Python's default flags add -g), a third less compile time and a smaller wheel.
+    cxx_flags = ["-O3", "-fno-trapping-math", "-g0"]
     if not config["with_cuda"]:
         return [CppExtension("grl_cuda._C", sources, extra_compile_args={"cxx": cxx_flags})]
     sources.append("csrc/cuda/kernels_cuda.cu")
@@ -123,15 +221,23 @@ def extensions(config):
 
 
 def main():
+    packages = find_packages(include=["grl_cuda", "grl_cuda.*"])  # bench/ runs from a checkout
+    if building_sdist():  # sources only (MANIFEST.in): no torch needed, nothing compiled
+        setup(version=read_version(), packages=packages, install_requires=[f"torch>={MIN_TORCH}"])
+        return
     config = resolve_config()
     print("grl_cuda build configuration:")
     for key, value in config.items():
-        print(f"  {key:14s} {value}")
-    write_build_config(config)
+        print(f"  {key:15s} {value}")
+    if compiling():
+        write_build_config(config)
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
-        packages=find_packages(include=["grl_cuda", "grl_cuda.*"]),  # bench/ runs from a checkout
+        version=config["version"],
+        packages=packages,
+        # the compiled core links libtorch's C++ API: only this torch release can load it
+        install_requires=[f"torch=={torch_release(config['torch_version'])}"],
         ext_modules=extensions(config),
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )

@@ -7,6 +7,14 @@
 
 import torch  # noqa: F401  (loads libtorch before our extension)
 
+from ._version import __version__, check_torch as _check_torch
+
+try:  # what setup.py built: refuse another torch before loading the extension into it
+    from ._build_config import BUILD_CONFIG as _BUILT
+except ImportError:  # a source checkout not built yet: the import of _C below says so
+    _BUILT = {}
+_check_torch(_BUILT, torch.__version__, torch.version.cuda)
+
 try:
     from . import _C  # the compiled core; registers torch.ops.grl_cuda.*
 except ImportError as exc:  # pragma: no cover - exercised by hand on broken installs
@@ -32,8 +40,6 @@ from .modules import (  # noqa: E402
     WarmStartGradientReversal,
 )
 from . import compat, models, reference, schedules  # noqa: E402,F401
-
-__version__ = "0.1.0"
 
 
 def build_info():
