@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .modules import DomainDiscriminator
+from grl_cuda import DomainDiscriminator
 
 DOMAINS = ("source", "target")
 

@@ -17,8 +17,11 @@ import statistics
 import sys
 
 from . import data as data_mod
-from .methods import METHOD_OPTIONS, METHODS, get_method
-from .train import NORMALIZATIONS, Config, UserError, train
+from .cli import add_option
+from .config import Config, UserError, same_run
+from .loop import fit
+from .methods import METHODS
+from .runs import CHECKPOINT, finished_config
 
 PAPER_ORDER = ["source-only", "sa", "dann", "dann-dsbn", "mcd", "cgdm", "target-only"]
 # Published target accuracies (Ganin & Lempitsky, arXiv v1 Table 1) for the shifts we rebuild.
@@ -36,26 +39,21 @@ def run_dir(out, task, method, seed):
 def run_one(args, task, method, seed):
     trained_as = "source-only" if method == "sa" else method
     folder = run_dir(args.out, task, trained_as, seed)
-    summary_path = os.path.join(folder, "summary.json")
     cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
                  eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
                  threads=args.threads, device=args.device, lambda_max=args.lambda_max, normalize=args.normalize,
                  shift=args.shift, ema=args.ema)
-    if os.path.exists(summary_path) and not args.rerun:
-        with open(summary_path) as f:
-            summary = json.load(f)
-        done = summary.get("config", {})
-        settled_in_train = {"arch", "world_size"}  # filled in by train(), not known here
-        ignored = settled_in_train | (METHOD_OPTIONS - set(get_method(trained_as).options))
-        if all(Config.saved_value(done, k) == v for k, v in cfg.run_defining().items() if k not in ignored):
-            return summary  # the same run (up to options this method never reads), finished earlier
-    if os.path.exists(os.path.join(folder, "checkpoint.pt")) and not args.rerun:
+    done = finished_config(folder)
+    if done is not None and not args.rerun and same_run(done, cfg, before_fit=True):
+        with open(os.path.join(folder, "summary.json")) as f:
+            return json.load(f)  # the same run (up to options this method never reads), finished earlier
+    if os.path.exists(os.path.join(folder, CHECKPOINT)) and not args.rerun:
         cfg.resume = True
         try:
-            return train(cfg, progress=not args.quiet)
+            return fit(cfg, progress=not args.quiet)
         except UserError:
             cfg.resume = False  # a checkpoint of other settings: start over
-    return train(cfg, progress=not args.quiet)
+    return fit(cfg, progress=not args.quiet)
 
 
 def accuracy_of(summary, method):
@@ -95,42 +93,39 @@ def table(results, tasks, methods, seeds):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(prog="python -m grl_cuda.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="mnist-mnistm", help=f"comma list or 'all' ({', '.join(data_mod.TASKS)})")
     parser.add_argument("--methods", default="source-only,sa,dann,target-only", help="comma list")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--lambda-max", type=float, default=Config.lambda_max, help="DANN: final lambda")
-    parser.add_argument("--normalize", default=Config.normalize, choices=NORMALIZATIONS,
-                        help="input normalisation (see python -m grl_cuda.train --help)")
-    parser.add_argument("--shift", type=int, default=Config.shift, help="random translation of training images, pixels")
-    parser.add_argument("--ema", type=float, default=Config.ema, help="evaluate a moving average of the weights (decay)")
+    for name in ("lambda_max", "normalize", "shift", "ema"):  # passed on to every run, as grl_cuda.train has them
+        add_option(parser, name)
     parser.add_argument("--out", default="results")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int)
+    for name in ("data_dir", "device", "threads"):
+        add_option(parser, name)
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--rerun", action="store_true", help="ignore finished runs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def grid(args):
+    """(tasks, methods in the paper's order) asked for; UserError names an unknown one."""
     tasks = list(data_mod.TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
-
     for t in tasks:
         if t not in data_mod.TASKS:
-            print(f"grl_cuda.results: error: unknown task {t!r}; choose from {', '.join(data_mod.TASKS)}", file=sys.stderr)
-            return 2
+            raise UserError(f"unknown task {t!r}; choose from {', '.join(data_mod.TASKS)}")
     for m in methods:
         if m not in METHODS:
-            print(f"grl_cuda.results: error: unknown method {m!r}; choose from {', '.join(sorted(METHODS))}",
-                  file=sys.stderr)
-            return 2
-    methods = [m for m in PAPER_ORDER if m in methods] + [m for m in methods if m not in PAPER_ORDER]
-    os.makedirs(args.out, exist_ok=True)
+            raise UserError(f"unknown method {m!r}; choose from {', '.join(sorted(METHODS))}")
+    return tasks, [m for m in PAPER_ORDER if m in methods] + [m for m in methods if m not in PAPER_ORDER]
 
+
+def run_grid(args, tasks, methods):
+    """({task: {method: [accuracy per seed]}}, one record a run); None if interrupted."""
     results = {t: {} for t in tasks}
     records = []
     for task in tasks:
@@ -138,8 +133,7 @@ def main(argv=None):
             for method in methods:
                 summary = run_one(args, task, method, seed)
                 if summary.get("interrupted"):
-                    print("interrupted; run the same command again to continue", file=sys.stderr)
-                    return 130
+                    return None, None
                 acc = accuracy_of(summary, method)
                 results[task].setdefault(method, []).append(acc)
                 records.append({"task": task, "method": method, "seed": seed, "target_test_acc": acc,
@@ -147,7 +141,11 @@ def main(argv=None):
                                 "proxy_a_distance": summary.get("proxy_a_distance"),
                                 "sa_components": summary["sa"]["components"] if method == "sa" else None,
                                 "train_seconds": summary.get("train_seconds")})
+    return results, records
 
+
+def write_report(args, tasks, methods, results, records):
+    """results.md and results.json in --out; returns the Markdown."""
     spread = f"mean ± std over {args.seeds} seeds" if args.seeds > 1 else "one seed"
     md = [f"# Target test accuracy, {spread}, {args.steps} steps",
           "", "In brackets: gap covered = (method - source only) / (target only - source only); "
@@ -162,6 +160,22 @@ def main(argv=None):
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"steps": args.steps, "seeds": args.seeds, "options": options, "runs": records}, f, indent=2)
+    return text
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        tasks, methods = grid(args)
+    except UserError as exc:
+        print(f"grl_cuda.results: error: {exc}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    results, records = run_grid(args, tasks, methods)
+    if results is None:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    text = write_report(args, tasks, methods, results, records)
     adapted = [m for m in ("dann", "dann-dsbn") if m in methods]
     if not args.no_plots and "source-only" in methods and adapted:
         tsne_before_after(args, tasks[0], ["source-only", *adapted])
@@ -174,7 +188,8 @@ def tsne_before_after(args, task, methods):
     import torch
 
     from . import diagnostics
-    from .train import load_run, to_tensors
+    from .data import to_tensors
+    from .runs import load_run
 
     panels = []
     for method in methods:

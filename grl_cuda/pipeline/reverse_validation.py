@@ -25,7 +25,11 @@ import sys
 import numpy as np
 import torch
 
-from .train import UserError, load_run, predicted_classes, to_tensors, train
+from .config import UserError, same_run
+from .data import to_tensors
+from .evaluate import predicted_classes
+from .loop import fit
+from .runs import finished_config, load_run
 
 
 def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True):
@@ -33,7 +37,7 @@ def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True
     cfg, task, method = load_run(run, data_dir)
     if method.uses_target_labels:
         raise UserError(f"{run}: {cfg.method} trains on target labels; reverse validation is for methods that do not")
-    folder = os.path.join(run, "reverse")
+    folder = os.path.join(os.path.normpath(run), "reverse")
     target_train = to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_train"][0]
     labels = predicted_classes(method, target_train, "target")
     files = {"source": (task.target_train.x, labels.numpy()),  # the run's target, labeled by the run
@@ -44,16 +48,17 @@ def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True
         steps=steps or cfg.steps, threads=threads or cfg.threads, resume=False, plots=False, stop_after=None)
     summary_path = os.path.join(folder, "summary.json")
     summary = None
-    if os.path.exists(summary_path):
+    done = finished_config(folder)
+    if done is not None and same_run(done, reverse_cfg, before_fit=True):
         with open(summary_path) as f:
-            done = json.load(f)
-        if done["config"]["steps"] == reverse_cfg.steps and done.get("pseudo_labels") == labels.tolist():
-            summary = done  # the same reverse run, finished earlier
+            summary = json.load(f)
+        if summary.get("pseudo_labels") != labels.tolist():
+            summary = None  # the run's model has changed since: another reverse run
     if summary is None:
         os.makedirs(folder, exist_ok=True)
         for name, (x, y) in files.items():
             np.savez(os.path.join(folder, f"{name}.npz"), x=x, y=y)
-        summary = train(reverse_cfg, progress=progress)
+        summary = fit(reverse_cfg, progress=progress)
         if summary.get("interrupted"):
             raise UserError(f"interrupted; the reverse run of {run} did not finish")
         summary["pseudo_labels"] = labels.tolist()
