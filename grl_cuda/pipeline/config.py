@@ -23,8 +23,8 @@ def option(default, help, group, *, defines_run=False, read_by=None, flag=None, 
            action=None, settled=False):
     """A Config field. ``group``: the --help section (None: not on the command line).
     ``flag``: the flag if not --field-name (e.g. --no-plots for a store_false switch).
-    ``read_by``: the methods that read it (None: all). ``settled``: filled in by the
-    loop when left at None (so a run not yet started cannot be compared on it)."""
+    ``read_by``: the methods that read it (None: all). ``settled``: the loop fills it
+    in, so a run not yet started cannot be compared on it."""
     meta = {"help": help, "group": group, "defines_run": defines_run, "read_by": read_by, "flag": flag,
             "type": type, "choices": choices, "action": action, "settled": settled}
     return dataclasses.field(default=default, metadata=meta)
@@ -85,7 +85,7 @@ class Config:
     plots: bool = option(True, "skip curves.png and tsne.png", "run", flag="--no-plots", action="store_false")
     stop_after: int = option(None, argparse.SUPPRESS, "run")  # tests: stop as if interrupted
     # -- set by the loop: the number of data-parallel processes
-    world_size: int = option(1, "processes (set from torchrun's WORLD_SIZE)", None, defines_run=True)
+    world_size: int = option(1, "processes (set from torchrun's WORLD_SIZE)", None, defines_run=True, settled=True)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -105,15 +105,14 @@ def saved_value(saved, name):
 def run_differences(saved, cfg, *, before_fit=False):
     """{option: (saved value, value now)} over the options that define a run.
 
-    ``before_fit``: ``cfg`` has not run yet, so options the loop settles (left at None)
-    are not compared, nor options that ``cfg.method`` never reads (a source-only run is
-    the same under any --lambda-max)."""
+    ``before_fit``: ``cfg`` has not run yet, so the options the loop settles (arch,
+    world_size) are not compared, nor options that ``cfg.method`` never reads (a
+    source-only run is the same under any --lambda-max)."""
     diff = {}
     for name in RUN_DEFINING:
         meta, now, then = FIELDS[name].metadata, getattr(cfg, name), saved_value(saved, name)
-        if before_fit and (name == "world_size" or (meta["settled"] and now is None)):
-            continue
-        if before_fit and meta["read_by"] is not None and cfg.method not in meta["read_by"]:
+        unread = meta["read_by"] is not None and cfg.method not in meta["read_by"]
+        if before_fit and (meta["settled"] or unread):
             continue
         if then != now:
             diff[name] = (then, now)
