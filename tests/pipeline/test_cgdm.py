@@ -1,7 +1,6 @@
 """CGDM and MCD: the clustering, the gradient discrepancy, a short run, resume."""
 
 import json
-import os
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Data builders and loaders: shapes, disjoint splits, determinism, user files."""
 
 import gzip
-import os
 import struct
 
 import numpy as np
