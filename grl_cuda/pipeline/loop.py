@@ -218,6 +218,9 @@ def setup(cfg):
 
 
 def restore(run, ckpt):
+    if not ckpt["per_rank"]:  # the final checkpoint keeps no sampler or RNG state
+        raise runs.CheckpointError(f"{run.checkpoint_path} is the final checkpoint of a finished run: nothing to "
+                                   "resume. Drop --resume to train again, or use another --out.")
     run.method.load_state_dict(ckpt["method"])
     if run.average:
         run.average.load_state_dict(ckpt["average"])

@@ -59,8 +59,10 @@ def test_refusals_say_why(tmp_path, data_dir, stopped):
         runs.read_checkpoint(str(stopped), _cfg(tmp_path, data_dir, arch="mnist"))
 
 
-def test_load_run_refuses_a_checkpoint_of_another_run(tmp_path, data_dir):
+def test_finished_runs_reload_and_refuse_resume_or_another_checkpoint(tmp_path, data_dir):
     fit(_cfg(tmp_path, data_dir), progress=False)
+    with pytest.raises(runs.CheckpointError, match="finished run: nothing to resume"):
+        fit(_cfg(tmp_path, data_dir, resume=True), progress=False)
     cfg, _, method = runs.load_run(str(tmp_path / "run"), data_dir)
     assert cfg.method == "dann" and not method.model.training
     summary_path = tmp_path / "run" / "summary.json"
