@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import grl_cuda
-from grl_cuda import models
+from grl_cuda.pipeline import models
 
 from . import peers
 from .harness import Clock, interleaved

@@ -13,8 +13,9 @@ import os
 import numpy as np
 import torch
 
-from grl_cuda import data
-from grl_cuda.train import load_run, to_tensors
+from grl_cuda.pipeline import data
+from grl_cuda.pipeline.data import to_tensors
+from grl_cuda.pipeline.runs import load_run
 
 
 def main():

@@ -39,7 +39,18 @@ from .modules import (  # noqa: E402
     GradientReversalLinear,
     WarmStartGradientReversal,
 )
-from . import compat, models, reference, schedules  # noqa: E402,F401
+from . import compat, reference, schedules  # noqa: E402,F401
+
+
+def __getattr__(name):
+    # The training pipeline is not the library: `import grl_cuda` never loads it
+    # (nor matplotlib, scikit-learn, tqdm). `grl_cuda.pipeline` and the old path
+    # `grl_cuda.models` are imported on first use.
+    if name in ("pipeline", "models"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_info():

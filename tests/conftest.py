@@ -32,3 +32,10 @@ def make_layouts(shape, dtype, device):
     cases["offset"] = torch.randn(base.numel() + 1, device=device).to(dtype)[1:].view(shape)  # misaligned pointer
     cases["empty"] = torch.randn((0,) + tuple(shape[1:]), device=device).to(dtype)
     return cases
+
+
+def pytest_configure(config):
+    for marker, meaning in (("slow", "trains a model or runs a subprocess; `-m 'not slow'` skips it"),
+                            ("cuda", "needs a CUDA GPU"),
+                            ("emu", "runs the CUDA kernels through the emulated host build")):
+        config.addinivalue_line("markers", f"{marker}: {meaning}")

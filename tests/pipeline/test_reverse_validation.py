@@ -5,13 +5,11 @@ import os
 
 import pytest
 
-from grl_cuda import reverse_validation
-from grl_cuda.train import Config, UserError, train
+from grl_cuda.pipeline import reverse_validation
+from grl_cuda.pipeline.config import Config, UserError
+from grl_cuda.pipeline.loop import fit as train
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("grl_data_rv"))
+pytestmark = pytest.mark.slow
 
 
 def _run(tmp_path, data_dir, method, name):

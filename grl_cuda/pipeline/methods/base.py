@@ -7,17 +7,19 @@ import torch.distributed as dist
 class Method:
     """A method owns its networks and optimizers and performs one training step.
 
-    The loop calls, in order: ``set_lr`` and ``train_step`` once per step, then
-    ``predict``/``embed`` for evaluation and plots, ``state_dict``/``load_state_dict``
-    for checkpoints and ``final_metrics`` once at the end.
+    The loop (loop.fit) calls ``refresh`` before the first step and every
+    ``--refresh-every`` steps, ``set_lr`` and ``train_step`` once per step,
+    ``predict``/``embed`` for evaluation and plots, and ``state_dict``/``load_state_dict``
+    for checkpoints. A method is handed target images without their labels (TargetBatch
+    has no labels field), unless it declares ``uses_target_labels``.
     """
 
     name = ""
     uses_target_labels = False  # only the target-only upper bound
-    # Config fields that only some methods read, among those this one reads: a finished
-    # run is reused by grl_cuda.results even if the others differ (say, source only
-    # under another lambda_max).
-    options = ()
+    # Subspace Alignment on the trained features at the end (evaluate.final_metrics):
+    # None, "also" (reported beside the method's own numbers) or "instead" (SA's target
+    # accuracy is the one reported).
+    subspace_alignment = None
 
     def __init__(self, cfg, model_factory, num_classes, device):
         self.cfg = cfg
@@ -26,11 +28,11 @@ class Method:
         self.model_factory = model_factory
 
     # -- the loop's calls ---------------------------------------------------------------------
-    def train_step(self, xs, ys, xt, yt, progress, target_index=None):
-        """One step on a source batch (xs, ys) and a target batch (xt; yt only for
-        methods with uses_target_labels; target_index: the batch's rows in the target
-        train set, for per-sample state such as pseudo labels). Returns a dict of
-        scalar tensors."""
+    def train_step(self, source, target, progress):
+        """One step on a SourceBatch (x, y) and a TargetBatch (x, and index: the batch's
+        rows in the target train set, for per-sample state such as pseudo labels;
+        LabeledTargetBatch, with y, only for methods with uses_target_labels).
+        ``progress``: steps done / total steps. Returns a dict of scalar tensors."""
         raise NotImplementedError
 
     def predict(self, x, domain="target"):
@@ -51,15 +53,11 @@ class Method:
         """{name: optimizer}."""
         raise NotImplementedError
 
-    def on_epoch(self, step, target_x, target_y_hidden):  # noqa: D401 - optional hook
-        """Called before the first step and then every ``cfg.refresh_every`` steps
-        with the whole target train set (e.g. for pseudo labels). ``target_y_hidden``
-        is for logged diagnostics only, never for training."""
-        return {}
-
-    def final_metrics(self, task_tensors, final_eval):
-        """Extra numbers for summary.json, computed once at the end; `final_eval` is
-        the loop's last evaluation. Keys given here override the loop's own."""
+    def refresh(self, step, target_x):
+        """Called before the first step and then every ``cfg.refresh_every`` steps with
+        the whole target train set's images (e.g. for pseudo labels). Returns a dict for
+        the log; a ``pseudo_labels`` tensor in it is logged as ``pseudo_label_acc`` by
+        the loop, which alone holds the target labels."""
         return {}
 
     # -- shared helpers -------------------------------------------------------------------------

@@ -115,34 +115,22 @@ def plot_curves(records, path, title=""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [r for r in records if r.get("kind") == "train"]
-    evals = [r for r in records if r.get("kind") == "eval"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for key in ("label_loss", "domain_loss", "discrepancy", "gradient_discrepancy"):
-        pts = [(r["step"], r[key]) for r in train if key in r]
-        if pts:
-            axes[0].plot(*zip(*pts), label=key)
-    axes[0].set_xlabel("step")
-    axes[0].set_title("losses")
-    if axes[0].lines:
-        axes[0].legend()
-    for key in ("domain_acc", "lambda", "pseudo_label_acc"):
-        pts = [(r["step"], r[key]) for r in train + evals if key in r]
-        if pts:
-            axes[1].plot(*zip(*pts), label=key)
-    axes[1].set_xlabel("step")
-    axes[1].set_title("domain classifier accuracy and lambda")
-    if axes[1].lines:
-        axes[1].legend()
-    for key in ("source_test_acc", "target_test_acc"):
-        pts = [(r["step"], r[key]) for r in evals if key in r]
-        if pts:
-            axes[2].plot(*zip(*pts), marker="o", label=key)
-    axes[2].set_xlabel("step")
-    axes[2].set_title("test accuracy")
+    # (title, keys, record kinds, line style) of each panel
+    panels = (("losses", ("label_loss", "domain_loss", "discrepancy", "gradient_discrepancy"), ("train",), {}),
+              ("domain classifier accuracy and lambda", ("domain_acc", "lambda", "pseudo_label_acc"),
+               ("train", "refresh"), {}),
+              ("test accuracy", ("source_test_acc", "target_test_acc"), ("eval",), {"marker": "o"}))
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
+    for ax, (panel_title, keys, kinds, style) in zip(axes, panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in records if r.get("kind") in kinds and key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=key, **style)
+        ax.set_xlabel("step")
+        ax.set_title(panel_title)
+        if ax.lines:
+            ax.legend()
     axes[2].set_ylim(0, 1)
-    if axes[2].lines:
-        axes[2].legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -31,6 +31,9 @@ import json
 import os
 
 import numpy as np
+import torch
+
+from .config import NORMALIZATIONS, UserError
 
 CACHE_VERSION = 1
 DATA_SEED = 12345  # fixed: the datasets are the same for every training seed
@@ -399,3 +402,127 @@ def load_image_folder(path):
         raise FileNotFoundError(f"image folder not found: {path}")
     ds = torchvision.datasets.ImageFolder(path, transform=lambda im: im.convert("RGB").resize((32, 32)))
     return from_torchvision(ds)
+
+
+# ---- what the loop trains on -------------------------------------------------------------------
+
+def task_for(cfg):
+    """The task a run's options name: three .npz files, or an embedded task."""
+    if cfg.source or cfg.target or cfg.target_test:
+        if not (cfg.source and cfg.target and cfg.target_test):
+            raise UserError("--source, --target and --target-test go together (three .npz files)")
+        return task_from_npz(cfg.source, cfg.target, cfg.target_test)
+    return load_task(cfg.task, cfg.data_dir)
+
+
+SPLITS = ("source_train", "source_test", "target_train", "target_test")
+
+
+def _channel_stats(normalize, *splits):
+    pixels = np.concatenate([s.x.reshape(-1, 3) for s in splits]).astype(np.float64) / 255.0
+    std = pixels.std(0) if normalize == "domain" else np.ones(3)
+
+    def as_tensor(v):
+        return torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)
+
+    return as_tensor(pixels.mean(0)), as_tensor(np.maximum(std, 1e-6))
+
+
+def to_tensors(task, device, rank=0, world=1, normalize="domain"):
+    """{split: (images, labels)}: uint8 NHWC -> float NCHW in [0, 1], then per channel:
+
+    - ``domain``: each domain standardised by its own training split's mean and std
+      (the target's from its unlabeled train images). On the small embedded tasks this
+      lifts every method, and it removes the brightness/contrast part of the shift
+      before the adversary sees it.
+    - ``mean``: minus the mean of both training splits together (the paper's only
+      preprocessing).
+
+    Training splits are sharded over ranks."""
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"unknown --normalize {normalize!r}; choose from: {', '.join(NORMALIZATIONS)}")
+    if normalize == "domain":
+        stats = {"source": _channel_stats(normalize, task.source_train),
+                 "target": _channel_stats(normalize, task.target_train)}
+    else:
+        both = _channel_stats(normalize, task.source_train, task.target_train)
+        stats = {"source": both, "target": both}
+    out = {}
+    for name in SPLITS:
+        split = getattr(task, name)
+        x, y = split.x, split.y
+        if world > 1 and name.endswith("_train"):
+            x, y = x[rank::world], y[rank::world]
+        mean, std = stats[name.split("_")[0]]
+        xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+        out[name] = (xt.sub_(mean).div_(std).contiguous().to(device), torch.from_numpy(y).long().to(device))
+    return out
+
+
+def random_shift(x, max_shift, generator):
+    """Translates each image by its own random offset of up to ``max_shift`` pixels
+    (bilinear, edges repeated): light augmentation that keeps a tiny training set from
+    being memorised by the label and domain classifiers alike."""
+    if max_shift <= 0 or x.shape[0] == 0:
+        return x
+    n, _, h, w = x.shape
+    offsets = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = offsets[:, 0] * 2 / w  # affine_grid works in [-1, 1] coordinates
+    theta[:, 1, 2] = offsets[:, 1] * 2 / h
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False).to(x.device, x.dtype)
+    return torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+class EpochSampler:
+    """Shuffled epochs of batch indices from a seeded generator; its state goes in the checkpoint."""
+
+    def __init__(self, n, batch_size, seed):
+        if n == 0:
+            raise UserError("a training split is empty")
+        self.n, self.batch_size = n, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.gen)
+        self.pos = 0
+
+    def next(self):
+        parts, count = [], 0
+        while count < self.batch_size:
+            if self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.gen)
+                self.pos = 0
+            take = min(self.batch_size - count, self.n - self.pos)
+            parts.append(self.perm[self.pos:self.pos + take])
+            self.pos += take
+            count += take
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, s):
+        self.gen.set_state(s["gen"])
+        self.perm = s["perm"].clone()
+        self.pos = s["pos"]
+
+
+# What a method is handed. Target batches have no labels field: a method cannot read
+# target labels by mistake; only a method that declares ``uses_target_labels`` (the
+# target-only upper bound) is handed LabeledTargetBatch.
+
+@dataclasses.dataclass(frozen=True)
+class SourceBatch:
+    x: torch.Tensor  # float (N, C, H, W)
+    y: torch.Tensor  # int64 (N,)
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetBatch:
+    x: torch.Tensor
+    index: torch.Tensor = None  # rows in the target train set, for per-sample state
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledTargetBatch(TargetBatch):
+    y: torch.Tensor = None

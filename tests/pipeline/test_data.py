@@ -1,27 +1,24 @@
 """Data builders and loaders: shapes, disjoint splits, determinism, user files."""
 
 import gzip
-import os
 import struct
 
 import numpy as np
 import pytest
+import torch
 
-from grl_cuda import data
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("grl_data"))
+from grl_cuda.pipeline import data
+from grl_cuda.pipeline.config import UserError
 
 
 def _row_hashes(x):
     return {hash(im.tobytes()) for im in x}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(data.TASKS))
-def test_embedded_tasks_shapes_and_disjoint_splits(cache, name):
-    task = data.load_task(name, cache)
+def test_embedded_tasks_shapes_and_disjoint_splits(data_dir, name):
+    task = data.load_task(name, data_dir)
     for split in ("source_train", "source_test", "target_train", "target_test"):
         s = getattr(task, split)
         assert s.x.dtype == np.uint8 and s.x.shape[1:] == (32, 32, 3) and len(s) > 100
@@ -38,6 +35,7 @@ def test_mnist_index_ranges_are_disjoint():
         assert a1 <= b0
 
 
+@pytest.mark.slow
 def test_builders_are_deterministic_and_cache_is_checked(tmp_path):
     a = data.load_task("mnist-mnistm", str(tmp_path / "a"))
     b = data.load_task("mnist-mnistm", str(tmp_path / "b"))
@@ -118,3 +116,62 @@ def test_image_folder_and_mnistm_from_photo_folder(tmp_path):
     assert mm.x.shape == mnist.x.shape
     with pytest.raises(FileNotFoundError):
         data.mnistm_from_folder(mnist, str(tmp_path / "nothing"))
+
+
+def test_epoch_sampler_covers_each_epoch_and_restores():
+    s = data.EpochSampler(10, 4, seed=0)
+    first = torch.cat([s.next() for _ in range(5)])  # 20 draws = two epochs
+    assert sorted(first[:10].tolist()) == list(range(10)) and sorted(first[10:].tolist()) == list(range(10))
+    state = s.state_dict()
+    a = [s.next() for _ in range(3)]
+    s.load_state_dict(state)
+    b = [s.next() for _ in range(3)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(len(x) == 4 for x in a)
+
+
+def _tiny_task():
+    rng = np.random.default_rng(0)
+    source = data.Split(rng.integers(0, 100, (20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10)
+    target = data.Split(rng.integers(100, 250, (30, 32, 32, 3), dtype=np.uint8), np.arange(30) % 10)
+    return data.Task("tiny", source, source, target, target, 10)
+
+
+@pytest.mark.parametrize("normalize", ["domain", "mean"])
+def test_to_tensors_normalizations(normalize):
+    task = _tiny_task()
+    t = data.to_tensors(task, torch.device("cpu"), normalize=normalize)
+    xs, xt = t["source_train"][0].double(), t["target_train"][0].double()
+    per_channel = lambda x: (x.mean((0, 2, 3)), x.std((0, 2, 3), correction=0))  # noqa: E731
+    if normalize == "domain":  # each domain standardised by its own statistics
+        for x in (xs, xt):
+            mean, std = per_channel(x)
+            torch.testing.assert_close(mean, torch.zeros(3, dtype=torch.float64), atol=1e-5, rtol=0)
+            torch.testing.assert_close(std, torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    else:  # the paper: one pooled mean subtracted, scale kept (pixel / 255)
+        torch.testing.assert_close(per_channel(torch.cat([xs, xt]))[0], torch.zeros(3, dtype=torch.float64),
+                                   atol=1e-5, rtol=0)
+        pixels = task.source_train.x.astype(np.int64)
+        torch.testing.assert_close(xs[0, 0, 0, 1] - xs[0, 0, 0, 0],
+                                   torch.tensor((pixels[0, 0, 1, 0] - pixels[0, 0, 0, 0]) / 255.0,
+                                                dtype=torch.float64), atol=1e-6, rtol=0)
+    with pytest.raises(UserError, match="unknown --normalize"):
+        data.to_tensors(task, torch.device("cpu"), normalize="nope")
+
+
+def test_random_shift_translates_each_image_by_its_own_offset():
+    x = torch.zeros(6, 3, 32, 32)
+    x[:, :, 16, 16] = 1.0  # one bright pixel per image: its centre of mass shows the offset
+    shifted = data.random_shift(x, 3, torch.Generator().manual_seed(5))
+    offsets = (torch.rand(6, 2, generator=torch.Generator().manual_seed(5)) * 2 - 1) * 3
+    grid = torch.arange(32, dtype=torch.float32)
+    mass = shifted[:, 0]
+    cx = (mass.sum(1) * grid).sum(1) / mass.sum((1, 2))
+    cy = (mass.sum(2) * grid).sum(1) / mass.sum((1, 2))
+    # each output pixel samples the input at (x + dx, y + dy): the content moves by -offset
+    torch.testing.assert_close(16 - cx, offsets[:, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(16 - cy, offsets[:, 1], atol=1e-4, rtol=0)
+    assert not torch.allclose(offsets[0], offsets[1])  # per image, not one offset for the batch
+    flat = torch.full((2, 3, 8, 8), 0.25)  # edges repeat: a flat image stays flat
+    torch.testing.assert_close(data.random_shift(flat, 2, torch.Generator().manual_seed(0)), flat)
+    assert data.random_shift(x, 0, torch.Generator()) is x

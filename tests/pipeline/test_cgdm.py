@@ -1,16 +1,16 @@
 """CGDM and MCD: the clustering, the gradient discrepancy, a short run, resume."""
 
 import json
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grl_cuda.methods.cgdm import (cluster_pseudo_labels, discrepancy, entropy_weights, gradient_discrepancy,
+from grl_cuda.pipeline.methods.cgdm import (cluster_pseudo_labels, discrepancy, entropy_weights, gradient_discrepancy,
                                    information_maximisation)
-from grl_cuda.train import Config, train
+from grl_cuda.pipeline.config import Config
+from grl_cuda.pipeline.loop import fit as train
 
 
 def test_clustering_recovers_well_separated_clusters():
@@ -66,11 +66,7 @@ def test_losses_basic_properties():
     assert information_maximisation(confident_diverse) < information_maximisation(torch.zeros(5, 5)) - 1
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("grl_data_cgdm"))
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["cgdm", "mcd"])
 def test_short_run_beats_chance(tmp_path, data_dir, method):
     cfg = Config(task="mnist-mnistm", method=method, steps=40, out=str(tmp_path / method), data_dir=data_dir,
@@ -85,6 +81,7 @@ def test_short_run_beats_chance(tmp_path, data_dir, method):
         assert any(r.get("gradient_discrepancy", 0) > 0 for r in records if r["kind"] == "train")
 
 
+@pytest.mark.slow
 def test_cgdm_resume_is_bit_exact(tmp_path, data_dir):
     common = dict(task="mnist-mnistm", method="cgdm", steps=16, data_dir=data_dir, eval_every=1000, log_every=4,
                   refresh_every=8, plots=False, num_k=1, ckpt_every=1000)

@@ -4,15 +4,15 @@ classifier's loss on source and target behind a gradient reversal layer."""
 import torch
 import torch.nn.functional as F
 
-from ..functional import domain_bce_with_logits
+from grl_cuda import domain_bce_with_logits
+from grl_cuda.schedules import dann_lambda
+
 from ..models import domain_head, route_domains
-from ..schedules import dann_lambda
 from .base import Method
 
 
 class DANN(Method):
     name = "dann"
-    options = ("gamma", "lambda_max")
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
@@ -30,7 +30,8 @@ class DANN(Method):
     def optimizers(self):
         return {"opt": self.opt}
 
-    def train_step(self, xs, ys, xt, yt, progress, target_index=None):
+    def train_step(self, source, target, progress):
+        xs, ys, xt = source.x, source.y, target.x
         lam = dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max
         self.head.grl.set_lambda(lam)
         ns = xs.shape[0]
@@ -65,9 +66,9 @@ class DANNDomainBN(DANN):
     def build_model(self, model_factory):
         return model_factory(domain_bn=True)
 
-    def train_step(self, xs, ys, xt, yt, progress, target_index=None):
-        with route_domains(self.model, n_source=xs.shape[0]):
-            return super().train_step(xs, ys, xt, yt, progress, target_index)
+    def train_step(self, source, target, progress):
+        with route_domains(self.model, n_source=source.x.shape[0]):
+            return super().train_step(source, target, progress)
 
     def predict(self, x, domain="target"):
         with route_domains(self.model, domain=domain):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from grl_cuda import models
-from grl_cuda.models import DomainBatchNorm2d, route_domains
+from grl_cuda.pipeline import models
+from grl_cuda.pipeline.models import DomainBatchNorm2d, route_domains
 
 
 def test_paper_nets_keep_their_layer_names():

@@ -1,0 +1,205 @@
+"""Runs a grid of (task, method, seed) trainings and writes a table shaped like the
+paper's Table 1: source only, SA, DANN (and CGDM, MCD), train on target, and the
+gap each method covers: (method - source only) / (target only - source only).
+
+    python -m grl_cuda.results --tasks mnist-mnistm --methods source-only,sa,dann,target-only --seeds 3 --out results/
+
+Finished runs (their summary.json) are reused, so an interrupted grid continues
+where it stopped. `sa` is computed on the source-only run of the same seed.
+Writes results.md, results.json and tsne_before_after.png (source-only vs DANN
+features, seed 0) to --out.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+from . import data as data_mod
+from .cli import add_option
+from .config import Config, UserError, same_run
+from .loop import fit
+from .methods import METHODS
+from .runs import CHECKPOINT, finished_config
+
+PAPER_ORDER = ["source-only", "sa", "dann", "dann-dsbn", "mcd", "cgdm", "target-only"]
+# Published target accuracies (Ganin & Lempitsky, arXiv v1 Table 1) for the shifts we rebuild.
+PAPER = {
+    "mnist-mnistm": {"source-only": 0.5749, "sa": 0.6078, "dann": 0.8149, "target-only": 0.9891},
+    "mnist-mnist_d": {"source-only": 0.9678, "sa": 0.9702, "dann": 0.9830, "target-only": 0.9878},
+    "mnist-mnist_maxbg": {"source-only": 0.9173, "sa": 0.9197, "dann": 0.9476, "target-only": 0.9848},
+}
+
+
+def run_dir(out, task, method, seed):
+    return os.path.join(out, "runs", task, method, f"seed{seed}")
+
+
+def run_one(args, task, method, seed):
+    trained_as = "source-only" if method == "sa" else method
+    folder = run_dir(args.out, task, trained_as, seed)
+    cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
+                 eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
+                 threads=args.threads, device=args.device, lambda_max=args.lambda_max, normalize=args.normalize,
+                 shift=args.shift, ema=args.ema)
+    done = finished_config(folder)
+    if done is not None and not args.rerun and same_run(done, cfg, before_fit=True):
+        with open(os.path.join(folder, "summary.json")) as f:
+            return json.load(f)  # the same run (up to options this method never reads), finished earlier
+    if os.path.exists(os.path.join(folder, CHECKPOINT)) and not args.rerun:
+        cfg.resume = True
+        try:
+            return fit(cfg, progress=not args.quiet)
+        except UserError:
+            cfg.resume = False  # a checkpoint of other settings: start over
+    return fit(cfg, progress=not args.quiet)
+
+
+def accuracy_of(summary, method):
+    return summary["sa"]["target_test_acc"] if method == "sa" else summary["target_test_acc"]
+
+
+def mean_std(values):
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(results, tasks, methods, seeds):
+    header = "| method | " + " | ".join(tasks) + " |"
+    lines = [header, "|---" * (len(tasks) + 1) + "|"]
+    gaps = {}
+    for task in tasks:
+        so = mean_std(results[task].get("source-only", []))[0]
+        to = mean_std(results[task].get("target-only", []))[0]
+        gaps[task] = (so, to)
+    for method in methods:
+        cells = []
+        for task in tasks:
+            mean, std = mean_std(results[task].get(method, []))
+            if mean is None:
+                cells.append("-")
+                continue
+            cell = f"{mean:.4f} ± {std:.4f}" if len(results[task][method]) > 1 else f"{mean:.4f}"  # no spread from one seed
+            so, to = gaps[task]
+            if method not in ("source-only", "target-only") and so is not None and to is not None and to != so:
+                cell += f" ({100 * (mean - so) / (to - so):.1f}%)"
+            paper = PAPER.get(task, {}).get(method)
+            if paper is not None:
+                cell += f" [paper {paper:.4f}]"
+            cells.append(cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m grl_cuda.results", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="mnist-mnistm", help=f"comma list or 'all' ({', '.join(data_mod.TASKS)})")
+    parser.add_argument("--methods", default="source-only,sa,dann,target-only", help="comma list")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--steps", type=int, default=3000)
+    for name in ("lambda_max", "normalize", "shift", "ema"):  # passed on to every run, as grl_cuda.train has them
+        add_option(parser, name)
+    parser.add_argument("--out", default="results")
+    for name in ("data_dir", "device", "threads"):
+        add_option(parser, name)
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--rerun", action="store_true", help="ignore finished runs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def grid(args):
+    """(tasks, methods in the paper's order) asked for; UserError names an unknown one."""
+    tasks = list(data_mod.TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
+    methods = [m.strip() for m in args.methods.split(",")]
+    for t in tasks:
+        if t not in data_mod.TASKS:
+            raise UserError(f"unknown task {t!r}; choose from {', '.join(data_mod.TASKS)}")
+    for m in methods:
+        if m not in METHODS:
+            raise UserError(f"unknown method {m!r}; choose from {', '.join(sorted(METHODS))}")
+    return tasks, [m for m in PAPER_ORDER if m in methods] + [m for m in methods if m not in PAPER_ORDER]
+
+
+def run_grid(args, tasks, methods):
+    """({task: {method: [accuracy per seed]}}, one record a run); None if interrupted."""
+    results = {t: {} for t in tasks}
+    records = []
+    for task in tasks:
+        for seed in range(args.seeds):
+            for method in methods:
+                summary = run_one(args, task, method, seed)
+                if summary.get("interrupted"):
+                    return None, None
+                acc = accuracy_of(summary, method)
+                results[task].setdefault(method, []).append(acc)
+                records.append({"task": task, "method": method, "seed": seed, "target_test_acc": acc,
+                                "source_test_acc": summary["source_test_acc"],
+                                "proxy_a_distance": summary.get("proxy_a_distance"),
+                                "sa_components": summary["sa"]["components"] if method == "sa" else None,
+                                "train_seconds": summary.get("train_seconds")})
+    return results, records
+
+
+def write_report(args, tasks, methods, results, records):
+    """results.md and results.json in --out; returns the Markdown."""
+    spread = f"mean ± std over {args.seeds} seeds" if args.seeds > 1 else "one seed"
+    md = [f"# Target test accuracy, {spread}, {args.steps} steps",
+          "", "In brackets: gap covered = (method - source only) / (target only - source only); "
+          "[paper]: Ganin & Lempitsky, arXiv v1 Table 1, where the paper has that shift.", "",
+          table(results, tasks, methods, args.seeds), ""]
+    sizes = {t: data_mod.TASKS[t][1] for t in tasks}
+    options = {"lambda_max": args.lambda_max, "normalize": args.normalize, "shift": args.shift, "ema": args.ema}
+    md += ["Data: " + "; ".join(f"`{t}`: {d}" for t, d in sizes.items()), "",
+           "Options: " + ", ".join(f"{k} = {v}" for k, v in options.items()) + " (other options: the defaults)", ""]
+    text = "\n".join(md)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"steps": args.steps, "seeds": args.seeds, "options": options, "runs": records}, f, indent=2)
+    return text
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        tasks, methods = grid(args)
+    except UserError as exc:
+        print(f"grl_cuda.results: error: {exc}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    results, records = run_grid(args, tasks, methods)
+    if results is None:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    text = write_report(args, tasks, methods, results, records)
+    adapted = [m for m in ("dann", "dann-dsbn") if m in methods]
+    if not args.no_plots and "source-only" in methods and adapted:
+        tsne_before_after(args, tasks[0], ["source-only", *adapted])
+    print(text)
+    return 0
+
+
+def tsne_before_after(args, task, methods):
+    """The paper's Figure 4: features of the source-only model vs the DANN model(s), seed 0."""
+    import torch
+
+    from . import diagnostics
+    from .data import to_tensors
+    from .runs import load_run
+
+    panels = []
+    for method in methods:
+        cfg, t, m = load_run(run_dir(args.out, task, method, 0), args.data_dir)
+        tensors = to_tensors(t, torch.device("cpu"), normalize=cfg.normalize)
+        fs = diagnostics.embed_all(m, tensors["source_test"][0], "source")
+        ft = diagnostics.embed_all(m, tensors["target_test"][0], "target")
+        panels.append((f"{method}: d_A = {diagnostics.proxy_a_distance(fs, ft):.2f}", fs, ft))
+    diagnostics.plot_tsne(panels, os.path.join(args.out, "tsne_before_after.png"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

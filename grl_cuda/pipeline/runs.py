@@ -1,0 +1,144 @@
+"""A run's folder: the checkpoint (written by one function, read by one), the
+metrics log, and reloading a finished run.
+
+checkpoint.pt, version 1 (unchanged since the first release, so every checkpoint
+written before still loads):
+
+    version        1
+    config         the options that define the run (config.run_identity)
+    step           steps done
+    method         Method.state_dict(): networks, optimizers, extra (e.g. pseudo labels)
+    average        WeightAverage.state_dict() with --ema, else None
+    per_rank       one dict per rank: source_sampler, target_sampler, rng (empty once finished)
+    metrics_lines  records of metrics.jsonl written by then
+    elapsed        training seconds by then
+"""
+
+import json
+import os
+import random
+
+import numpy as np
+import torch
+
+from . import config as config_mod
+from .config import UserError
+
+CHECKPOINT_VERSION = 1
+CHECKPOINT, SUMMARY, METRICS = "checkpoint.pt", "summary.json", "metrics.jsonl"
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj, path):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+
+
+def write_checkpoint(path, cfg, step, method, average, per_rank, metrics_lines, elapsed):
+    """The one place a checkpoint is built (schema in the module's doc)."""
+    save_atomic({"version": CHECKPOINT_VERSION, "config": config_mod.run_identity(cfg), "step": step,
+                 "method": method.state_dict(), "average": average.state_dict() if average else None,
+                 "per_rank": per_rank, "metrics_lines": metrics_lines, "elapsed": elapsed}, path)
+
+
+def read_checkpoint(path, cfg, *, what="--resume"):
+    """The one place a checkpoint is read: the dict, checked to be ours, of a version
+    we read, and of ``cfg``'s run; otherwise a CheckpointError that says why."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{what}: no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}). "
+                              "Delete it to start over.") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        found = ckpt.get("version") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"checkpoint {path} is not a grl_cuda checkpoint of version {CHECKPOINT_VERSION} "
+                              f"(found {found!r})")
+    diff = config_mod.run_differences(ckpt["config"], cfg)
+    if diff:
+        raise CheckpointError(f"checkpoint {path} belongs to a different run ({config_mod.describe(diff)}). "
+                              "Use the same options, or another --out.")
+    return ckpt
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON record a line, written by rank 0 only."""
+
+    def __init__(self, folder, rank):
+        self.path, self.rank = os.path.join(folder, METRICS), rank
+
+    def write(self, record):
+        if self.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def lines(self):
+        if not os.path.exists(self.path):
+            return 0
+        with open(self.path) as f:
+            return sum(1 for _ in f)
+
+    def keep_first(self, n):
+        """Drops records written after a checkpoint (a resumed run rewrites them); 0: a fresh log."""
+        if self.rank != 0 or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            kept = f.read().splitlines()[:n]
+        with open(self.path, "w") as f:
+            f.write("".join(line + "\n" for line in kept))
+
+    def records(self):
+        with open(self.path) as f:
+            return [json.loads(line) for line in f]
+
+
+def finished_config(out):
+    """The saved config (a dict) of the finished run in ``out``, or None if there is none."""
+    path = os.path.join(out, SUMMARY)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("config", {})
+
+
+def load_run(out, data_dir=None):
+    """A finished run's (config, task, method with its evaluated weights), on the CPU,
+    in eval mode: for diagnostics after training."""
+    from . import data as data_mod
+    from .methods import build_method
+
+    saved = finished_config(out)
+    if saved is None or not os.path.exists(os.path.join(out, CHECKPOINT)):
+        raise UserError(f"{out} is not a finished run (no summary.json and checkpoint.pt)")
+    cfg = config_mod.from_saved(saved, device="cpu", resume=False)
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    ckpt = read_checkpoint(os.path.join(out, CHECKPOINT), cfg, what=out)
+    task = data_mod.task_for(cfg)
+    method = build_method(cfg, task.num_classes, torch.device("cpu"))
+    method.load_state_dict(ckpt["method"])
+    if ckpt.get("average"):  # --ema: the averaged weights are the ones that were evaluated
+        for name, net in method.networks().items():
+            net.load_state_dict(ckpt["average"][name])
+    method.train(False)
+    return cfg, task, method

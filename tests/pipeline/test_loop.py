@@ -1,0 +1,112 @@
+"""fit(), the training loop: learning happens, resume is bit-exact, a checkpoint of
+another run is refused, data-parallel runs, --ema and --compile work."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from grl_cuda.pipeline import data as data_mod
+from grl_cuda.pipeline import evaluate, runs
+from grl_cuda.pipeline.config import Config, UserError
+from grl_cuda.pipeline.loop import fit as train
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cfg_for(tmp_path, data_dir, **kw):
+    base = dict(task="mnist-mnistm", method="dann", steps=40, out=str(tmp_path / "run"), data_dir=data_dir,
+                eval_every=20, log_every=10, ckpt_every=1000, plots=False)
+    base.update(kw)
+    return Config(**base)
+
+
+@pytest.mark.parametrize("method", ["dann", "dann-dsbn"])
+def test_short_dann_run_beats_chance_and_writes_outputs(tmp_path, data_dir, method):
+    summary = train(cfg_for(tmp_path, data_dir, method=method, steps=300, eval_every=100, plots=True),
+                    progress=False)
+    assert summary["source_test_acc"] > 0.4
+    assert summary["target_test_acc"] > 0.15  # chance is 0.1
+    out = tmp_path / "run"
+    for name in ("metrics.jsonl", "summary.json", "checkpoint.pt", "curves.png", "tsne.png"):
+        assert (out / name).exists(), name
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert train_records and {"label_loss", "domain_loss", "domain_acc", "lambda", "lr"} <= set(train_records[0])
+    assert train_records[-1]["lambda"] > train_records[0]["lambda"]  # the schedule ramps up
+    saved = json.load(open(out / "summary.json"))
+    assert saved["config"]["method"] == method and "torch" in saved["versions"]
+
+
+@pytest.mark.parametrize("method, options", [("dann", {}), ("dann-dsbn", {}), ("source-only", {}),
+                                             ("dann-dsbn", {"ema": 0.9})])
+def test_resume_is_bit_exact(tmp_path, data_dir, assert_same_outputs, method, options):
+    straight = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "straight"), **options)
+    train(straight, progress=False)
+    broken = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "broken"), stop_after=25, **options)
+    assert train(broken, progress=False)["interrupted"]
+    resumed = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "broken"), resume=True, **options)
+    train(resumed, progress=False)
+    assert_same_outputs(str(tmp_path / "straight"), str(tmp_path / "broken"))
+
+
+def test_resume_refuses_other_runs_and_corrupt_checkpoints(tmp_path, data_dir):
+    cfg = cfg_for(tmp_path, data_dir, stop_after=10)
+    train(cfg, progress=False)
+    with pytest.raises(runs.CheckpointError, match="different run"):
+        train(cfg_for(tmp_path, data_dir, resume=True, seed=1), progress=False)
+    with open(tmp_path / "run" / "checkpoint.pt", "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(runs.CheckpointError, match="corrupt"):
+        train(cfg_for(tmp_path, data_dir, resume=True), progress=False)
+    with pytest.raises(runs.CheckpointError, match="no checkpoint"):
+        train(cfg_for(tmp_path, data_dir, resume=True, out=str(tmp_path / "nothing")), progress=False)
+
+
+# cgdm: pseudo labels refreshed at steps 10 and 20 so that its double backward runs under DDP too
+@pytest.mark.parametrize("method, extra, port", [("dann", [], 29517),
+                                                 ("cgdm", ["--refresh-every", "10"], 29518)])
+def test_distributed_two_processes(tmp_path, data_dir, method, extra, port):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "grl_cuda.train", "--task", "mnist-mnistm", "--method", method, "--steps", "30",
+           "--eval-every", "1000", "--no-plots", "--data-dir", data_dir, "--out", str(tmp_path / "ddp"),
+           *extra, "--stop-after", "15"]
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1 and "interrupted at step 15" in first.stderr, first.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert len(ckpt["per_rank"]) == 2 and ckpt["config"]["world_size"] == 2
+    resumed = subprocess.run([c for c in cmd if c not in ("--stop-after", "15")] + ["--resume"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.load(open(tmp_path / "ddp" / "summary.json"))
+    assert summary["config"]["world_size"] == 2 and summary["steps"] == 30
+    if method == "cgdm":
+        records = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
+        assert [r["step"] for r in records if r["kind"] == "refresh"] == [10, 20]
+        trained = [r for r in records if r["kind"] == "train" and r["step"] > 10]
+        assert trained and all(r["gradient_discrepancy"] > 0 for r in trained)
+
+
+def test_ema_run_evaluates_and_reloads_the_averaged_weights(tmp_path, data_dir):
+    cfg = cfg_for(tmp_path, data_dir, ema=0.99, steps=30)
+    summary = train(cfg, progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    raw, averaged = ckpt["method"]["networks"]["model"], ckpt["average"]["model"]
+    assert not torch.equal(raw["classifier.weight"], averaged["classifier.weight"])
+    _, _, method = runs.load_run(str(tmp_path / "run"), data_dir)
+    assert torch.equal(method.model.classifier.weight, averaged["classifier.weight"])
+    x, y = data_mod.to_tensors(data_mod.task_for(cfg), torch.device("cpu"))["target_test"]
+    assert evaluate.accuracy(method, x, y, "target") == summary["target_test_acc"]
+    with pytest.raises(UserError, match="--ema"):
+        train(cfg_for(tmp_path, data_dir, ema=1.0, out=str(tmp_path / "bad")), progress=False)
+
+
+def test_compile_flag_runs(tmp_path, data_dir):
+    summary = train(cfg_for(tmp_path, data_dir, steps=4, eval_every=1000, compile=True), progress=False)
+    assert summary["steps"] == 4 and 0.0 <= summary["target_test_acc"] <= 1.0

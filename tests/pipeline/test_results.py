@@ -1,0 +1,37 @@
+"""python -m grl_cuda.results: the grid, its table, and reuse of finished runs."""
+
+import json
+import os
+
+import pytest
+
+
+@pytest.mark.slow
+def test_results_grid_table_and_reuse(tmp_path, data_dir):
+    from grl_cuda.pipeline import results
+
+    out = str(tmp_path / "grid")
+    common = ["--tasks", "mnist-mnistm", "--seeds", "1", "--steps", "30", "--out", out, "--data-dir", data_dir,
+              "--no-plots", "--quiet"]
+    assert results.main([*common, "--methods", "source-only,sa,dann,target-only", "--lambda-max", "0.3"]) == 0
+    table = open(os.path.join(out, "results.md")).read()
+    for row in ("source-only", "sa", "dann", "target-only"):
+        assert f"| {row} |" in table
+    data = json.load(open(os.path.join(out, "results.json")))
+    assert {r["method"] for r in data["runs"]} == {"source-only", "sa", "dann", "target-only"}
+    dann_summary = os.path.join(out, "runs", "mnist-mnistm", "dann", "seed0", "summary.json")
+    first = os.path.getmtime(dann_summary)
+    assert results.main([*common, "--methods", "dann", "--lambda-max", "0.3"]) == 0
+    assert os.path.getmtime(dann_summary) == first  # the same options: the finished run is reused
+    assert results.main([*common, "--methods", "dann", "--lambda-max", "1.0"]) == 0
+    assert json.load(open(dann_summary))["config"]["lambda_max"] == 1.0  # other options: run again
+    source_summary = os.path.join(out, "runs", "mnist-mnistm", "source-only", "seed0", "summary.json")
+    first = os.path.getmtime(source_summary)
+    assert results.main([*common, "--methods", "source-only", "--lambda-max", "1.0"]) == 0
+    assert os.path.getmtime(source_summary) == first  # source only never reads lambda: reused
+    assert results.main([*common, "--methods", "source-only", "--shift", "0"]) == 0
+    assert json.load(open(source_summary))["config"]["shift"] == 0  # but it does read --shift
+    with_plots = [a for a in common if a != "--no-plots"]
+    assert results.main([*with_plots, "--methods", "source-only,dann", "--shift", "0", "--lambda-max", "1.0"]) == 0
+    assert os.path.getsize(os.path.join(out, "tsne_before_after.png")) > 10_000  # the Figure 4 panels
+    assert results.main([*common, "--methods", "nope"]) == 2
