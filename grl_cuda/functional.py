@@ -27,7 +27,7 @@ ops = torch.ops.grl_cuda
 # counts). The Python count is read with sys.getrefcount straight from the
 # backward, never through a Python helper: a helper's own frame may hold one
 # more reference in some interpreter states (seen after a failed torch.compile,
-# whose frame-evaluation hook keeps call arguments). tests/test_steal.py pins the
+# whose frame-evaluation hook keeps call arguments). tests/ops/test_steal.py pins the
 # baselines and every case above.
 
 

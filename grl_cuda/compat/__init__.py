@@ -26,8 +26,8 @@ Flat names (``from grl_cuda.compat import X``): ``ReverseLayerF`` (fungtion/DANN
 (pytorch-revgrad), ``GradientReversal`` (pytorch-adapt; not grl_cuda.GradientReversal).
 
 What each matches (forward copy or view, gradient bits, state_dict keys, defaults)
-is listed in its submodule's docstring; tests/test_compat_tllib.py and
-tests/test_compat_peers.py check it, against each project's formula restated and,
+is listed in its submodule's docstring; tests/compat/test_tllib.py and
+tests/compat/test_peers.py check it, against each project's formula restated and,
 when pytorch-adapt / pytorch-revgrad are installed, against their own layers.
 """
 

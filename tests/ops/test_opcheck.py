@@ -8,7 +8,7 @@ from torch.library import opcheck
 
 import grl_cuda  # noqa: F401
 
-from conftest import FLOAT_DTYPES, make_layouts
+from tests.utils import FLOAT_DTYPES, make_layouts
 
 ops = torch.ops.grl_cuda
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import grl_cuda
 from grl_cuda import schedules
-from conftest import CUDA
+from tests.utils import CUDA
 
 F32_OVERFLOW = 1e39  # finite as a Python float, inf as a float32
 

@@ -8,7 +8,7 @@ from torch.library import opcheck
 
 import grl_cuda
 
-from conftest import FLOAT_DTYPES
+from tests.utils import FLOAT_DTYPES
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-6),
        torch.float16: dict(rtol=3e-3, atol=3e-3), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
@@ -65,7 +65,7 @@ def test_deterministic_and_compiles():
 
 
 def test_nan_propagates():
-    # (out-of-range ids are refused: tests/test_bad_input.py)
+    # (out-of-range ids are refused: tests/ops/test_bad_input.py)
     z = torch.randn(3, 3)
     z[0, 0] = float("nan")
     assert torch.isnan(grl_cuda.domain_cross_entropy(z, torch.tensor([0, 1, 2])))

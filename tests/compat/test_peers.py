@@ -19,7 +19,7 @@ import torch
 from grl_cuda import compat
 from grl_cuda.compat import dann, pytorch_adapt, revgrad
 
-from conftest import FLOAT_DTYPES
+from tests.utils import FLOAT_DTYPES
 
 LAMBDAS = [1.0, 0.5, 0.7, 0.1, 30.0, 0.123456789, -0.3, 0.0]
 

@@ -9,7 +9,7 @@ import torch
 import grl_cuda
 from grl_cuda import reference
 
-from conftest import CUDA, FLOAT_DTYPES, make_layouts
+from tests.utils import CUDA, FLOAT_DTYPES, make_layouts
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.7, 0.0, -0.5])

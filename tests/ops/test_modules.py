@@ -10,7 +10,7 @@ from torch import nn
 import grl_cuda
 from grl_cuda import compat, reference, schedules
 
-from conftest import CUDA, FLOAT_DTYPES
+from tests.utils import CUDA, FLOAT_DTYPES
 
 
 def grad_of(layer_fn, x, upstream):

@@ -19,7 +19,7 @@ import grl_cuda
 from grl_cuda import compat
 from grl_cuda.compat import tllib as ours
 
-from conftest import FLOAT_DTYPES
+from tests.utils import FLOAT_DTYPES
 
 
 # ---- tllib, restated ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from grl_cuda import _version
 from grl_cuda.__main__ import kernels_for_gpu
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(grl_cuda.__file__)))
-SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "setup.py")
 
 
 def _run_python(code_or_args):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import grl_cuda
 from grl_cuda import reference
 
-from conftest import FLOAT_DTYPES
+from tests.utils import FLOAT_DTYPES
 
 TOL = {
     torch.float64: dict(rtol=1e-12, atol=1e-12),
