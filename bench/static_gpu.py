@@ -25,7 +25,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "csrc", "cuda", "kernels_cuda.cu")
 VECTORISED_KERNELS = ("elementwise_vec_kernel",)  # must use 128-bit global accesses
-BLOCK_REDUCING_KERNELS = ("domain_bce_partials_kernel", "domain_xent_partials_kernel", "reduce_final_kernel")
+BLOCK_REDUCING_KERNELS = ("domain_bce_partials_kernel", "domain_cross_entropy_partials_kernel", "reduce_final_kernel")
 
 
 def _setup_helpers():
@@ -79,7 +79,7 @@ def compile_object(archs, out_dir):
 
 def _demangle_short(name):
     m = re.search(r"(elementwise_vec_kernel|elementwise_scalar_kernel|domain_bce_partials_kernel|"
-                  r"domain_xent_partials_kernel|reduce_final_kernel)", name)
+                  r"domain_cross_entropy_partials_kernel|reduce_final_kernel)", name)
     kernel = m.group(1) if m else name
     dtype = next((t for t, key in (("half", "Half"), ("bfloat16", "BFloat16"), ("float", "kernelIf"),
                                    ("double", "kernelId")) if key in name), "")

@@ -114,7 +114,7 @@ GRL_HOST_DEVICE bool bce_hit(opmath_t z, bool is_target) {
 // The gradient goes to `grad` (same stride); returns whether the row's argmax is
 // `label` (first maximum wins, NaN rows miss). A label outside [0, K) gives NaN.
 template <typename scalar_t, typename opmath_t>
-GRL_HOST_DEVICE bool softmax_xent_row(const scalar_t* z, int64_t k, int64_t stride, int64_t label, scalar_t* grad,
+GRL_HOST_DEVICE bool softmax_cross_entropy_row(const scalar_t* z, int64_t k, int64_t stride, int64_t label, scalar_t* grad,
                                       opmath_t& loss) {
   opmath_t m = static_cast<opmath_t>(z[0]);
   int64_t argmax = 0;

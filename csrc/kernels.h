@@ -42,7 +42,7 @@ void domain_bce_kernel_cpu(const at::Tensor& logits, const DomainBceArgs& args, 
 // its domain id in `domains` (N,), int64. Writes grad (N, K), per-row losses into
 // `loss_elems` (N,) when defined, and, when defined, the 0-dim `loss` (sum times
 // loss_scale) and `accuracy` (fraction of rows whose argmax is their domain).
-void domain_xent_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
+void domain_cross_entropy_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
                             const at::Tensor& grad, const at::Tensor& loss_elems, const at::Tensor& loss,
                             const at::Tensor& accuracy);
 
@@ -51,7 +51,7 @@ void neg_scale_kernel_cuda(const at::Tensor& src, const Lambda& lambda, const at
 void copy_kernel_cuda(const at::Tensor& src, const at::Tensor& dst);
 void domain_bce_kernel_cuda(const at::Tensor& logits, const DomainBceArgs& args, const at::Tensor& grad,
                             const at::Tensor& loss_elems, const at::Tensor& loss, const at::Tensor& accuracy);
-void domain_xent_kernel_cuda(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
+void domain_cross_entropy_kernel_cuda(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
                              const at::Tensor& grad, const at::Tensor& loss_elems, const at::Tensor& loss,
                              const at::Tensor& accuracy);
 #endif

@@ -219,10 +219,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_cross_entropy(const at::Te
   if (on_cuda(z)) {
     require_cuda_build();
 #ifdef GRL_WITH_CUDA
-    domain_xent_kernel_cuda(z, ids, loss_scale, grad, loss_elems, loss_total, accuracy);
+    domain_cross_entropy_kernel_cuda(z, ids, loss_scale, grad, loss_elems, loss_total, accuracy);
 #endif
   } else {
-    domain_xent_kernel_cpu(z, ids, loss_scale, grad, loss_elems, loss_total, accuracy);
+    domain_cross_entropy_kernel_cpu(z, ids, loss_scale, grad, loss_elems, loss_total, accuracy);
   }
   return {loss, grad, accuracy};
 }

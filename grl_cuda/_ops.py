@@ -5,7 +5,7 @@ Importing this module is what makes the ops complete."""
 import torch
 
 from . import _C
-from .reference import bce_grad_formula, xent_grad_formula
+from .reference import bce_grad_formula, cross_entropy_grad_formula
 
 ops = torch.ops.grl_cuda
 
@@ -117,12 +117,12 @@ for _device in ("cpu", "cuda"):
 # ---- domain_cross_entropy (K domains) --------------------------------------------------------------
 
 @torch.library.register_fake("grl_cuda::domain_cross_entropy")
-def _domain_xent_fake(logits, domains, reduction):
+def _domain_cross_entropy_fake(logits, domains, reduction):
     loss = logits.new_empty((logits.shape[0],)) if reduction == "none" else logits.new_empty(())
     return loss, logits.new_empty(logits.shape), logits.new_empty((), dtype=torch.float32)
 
 
-def _domain_xent_setup(ctx, inputs, output):
+def _domain_cross_entropy_setup(ctx, inputs, output):
     logits, domains, reduction = inputs
     _, grad, accuracy = output
     ctx.mark_non_differentiable(grad, accuracy)
@@ -130,15 +130,15 @@ def _domain_xent_setup(ctx, inputs, output):
     ctx.reduction = reduction
 
 
-def _domain_xent_backward(ctx, grad_loss, grad_grad, grad_accuracy):
+def _domain_cross_entropy_backward(ctx, grad_loss, grad_grad, grad_accuracy):
     logits, domains, saved_grad = ctx.saved_tensors
     scale = 1.0 / logits.shape[0] if ctx.reduction == "mean" else 1.0
     grad = fused_loss_input_grad(saved_grad, grad_loss[:, None] if ctx.reduction == "none" else grad_loss,
-                                 ctx.reduction, scale, lambda: xent_grad_formula(logits, domains))
+                                 ctx.reduction, scale, lambda: cross_entropy_grad_formula(logits, domains))
     return grad, None, None
 
 
-torch.library.register_autograd("grl_cuda::domain_cross_entropy", _domain_xent_backward,
-                                setup_context=_domain_xent_setup)
+torch.library.register_autograd("grl_cuda::domain_cross_entropy", _domain_cross_entropy_backward,
+                                setup_context=_domain_cross_entropy_setup)
 for _device in ("cpu", "cuda"):
     torch.library.register_autocast("grl_cuda::domain_cross_entropy", _device, torch.float32)

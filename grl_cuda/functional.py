@@ -7,7 +7,7 @@ import torch
 from . import _C
 from ._ops import fused_loss_input_grad
 from ._validation import check_bool, check_float_tensor, check_lambda, check_num_source
-from .reference import bce_grad_formula, xent_grad_formula
+from .reference import bce_grad_formula, cross_entropy_grad_formula
 
 ops = torch.ops.grl_cuda
 
@@ -261,7 +261,7 @@ class _DomainCrossEntropy(torch.autograd.Function):
         grad = fused_loss_input_grad(
             saved, grad_loss[:, None] if reduction == "none" else grad_loss,  # per-row losses
             reduction, scale,
-            formula=lambda: xent_grad_formula(logits, domains),
+            formula=lambda: cross_entropy_grad_formula(logits, domains),
             recompute=lambda: _C.domain_cross_entropy(logits, domains, reduction)[1],
         )
         return grad, None, None

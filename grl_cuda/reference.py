@@ -21,7 +21,7 @@ def bce_grad_formula(logits, num_source, weight_source, weight_target):
     return weights * (torch.sigmoid(logits) - labels)
 
 
-def xent_grad_formula(logits, domains):
+def cross_entropy_grad_formula(logits, domains):
     """softmax(logits) - one_hot(domains): the K-way loss's gradient as differentiable ops."""
     return torch.softmax(logits, dim=1) - F.one_hot(domains, logits.shape[1]).to(logits.dtype)
 

@@ -174,7 +174,7 @@ void domain_bce_kernel_cpu(const at::Tensor& logits, const DomainBceArgs& args, 
   });
 }
 
-void domain_xent_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
+void domain_cross_entropy_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
                             const at::Tensor& grad, const at::Tensor& loss_elems, const at::Tensor& loss,
                             const at::Tensor& accuracy) {
   const int64_t rows = logits.size(0);
@@ -184,7 +184,7 @@ void domain_xent_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains,
   std::vector<double> loss_partial(num_chunks, 0.0);
   std::vector<int64_t> hit_partial(num_chunks, 0);
   const int64_t* ids = domains.const_data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "domain_xent_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "domain_cross_entropy_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* z = logits.const_data_ptr<scalar_t>();
     scalar_t* g = grad.mutable_data_ptr<scalar_t>();
@@ -195,7 +195,7 @@ void domain_xent_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains,
         int64_t hits = 0;
         for (int64_t r = c * kRowChunk; r < std::min(rows, (c + 1) * kRowChunk); ++r) {
           opmath_t row_loss;
-          hits += math::softmax_xent_row<scalar_t, opmath_t>(z + r * k, k, 1, ids[r], g + r * k, row_loss) ? 1 : 0;
+          hits += math::softmax_cross_entropy_row<scalar_t, opmath_t>(z + r * k, k, 1, ids[r], g + r * k, row_loss) ? 1 : 0;
           if (l != nullptr) l[r] = static_cast<scalar_t>(row_loss);
           loss_sum += static_cast<double>(row_loss);
         }

@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(kThreads) domain_bce_partials_kernel(
 // ---- K-way loss, stage 1: one thread per row, per-block partials ------------------------------
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) domain_xent_partials_kernel(
+__global__ void __launch_bounds__(kThreads) domain_cross_entropy_partials_kernel(
     const scalar_t* __restrict__ logits, const int64_t* __restrict__ ids, scalar_t* __restrict__ grad,
     scalar_t* __restrict__ loss_elems, int64_t rows, int64_t k, double* __restrict__ loss_partial,
     unsigned long long* __restrict__ hit_partial) {
@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(kThreads) domain_xent_partials_kernel(
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += stride) {
     id_in_range &= ids[r] >= 0 && ids[r] < k;
     opmath_t row_loss;
-    hits += math::softmax_xent_row<scalar_t, opmath_t>(logits + r * k, k, 1, ids[r], grad + r * k, row_loss) ? 1ull : 0ull;
+    hits += math::softmax_cross_entropy_row<scalar_t, opmath_t>(logits + r * k, k, 1, ids[r], grad + r * k, row_loss) ? 1ull : 0ull;
     if (loss_elems != nullptr) loss_elems[r] = static_cast<scalar_t>(row_loss);
     loss_sum += static_cast<double>(row_loss);
   }
@@ -265,7 +265,7 @@ void domain_bce_kernel_cuda(const at::Tensor& logits, const DomainBceArgs& args,
   });
 }
 
-void domain_xent_kernel_cuda(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
+void domain_cross_entropy_kernel_cuda(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
                              const at::Tensor& grad, const at::Tensor& loss_elems, const at::Tensor& loss,
                              const at::Tensor& accuracy) {
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -276,8 +276,8 @@ void domain_xent_kernel_cuda(const at::Tensor& logits, const at::Tensor& domains
   at::Tensor scratch = at::empty({2 * blocks}, logits.options().dtype(at::kDouble));
   double* loss_partial = scratch.mutable_data_ptr<double>();
   auto* hit_partial = reinterpret_cast<unsigned long long*>(loss_partial + blocks);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "domain_xent_cuda", [&] {
-    domain_xent_partials_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "domain_cross_entropy_cuda", [&] {
+    domain_cross_entropy_partials_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         logits.const_data_ptr<scalar_t>(), domains.const_data_ptr<int64_t>(), grad.mutable_data_ptr<scalar_t>(),
         loss_elems.defined() ? loss_elems.mutable_data_ptr<scalar_t>() : nullptr, rows, k, loss_partial, hit_partial);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -39,14 +39,14 @@ def test_every_family_is_registered_with_its_contract(tmp_path):
     # adding a benchmark is one module in FAMILIES: each has a title, run and report
     from bench.run import FAMILIES
 
-    assert set(FAMILIES) >= {"grl", "loss", "xent", "linear", "e2e"}
+    assert set(FAMILIES) >= {"grl", "loss", "cross_entropy", "linear", "e2e"}
     for name, family in FAMILIES.items():
         assert family.TITLE and callable(family.run) and callable(family.report), name
 
 
 def test_quick_kway_family_reports_both_implementations(tmp_path):
-    assert main(["--quick", "--only", "xent", "--out", str(tmp_path)]) == 0
+    assert main(["--quick", "--only", "cross_entropy", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    impls = {row["impl"] for row in results["xent"]["timing"]}
+    impls = {row["impl"] for row in results["cross_entropy"]["timing"]}
     assert impls == {"grl_cuda.domain_cross_entropy", "F.cross_entropy"}
-    assert "K-way domain loss" in (tmp_path / "results.md").read_text() and (tmp_path / "xent.png").exists()
+    assert "K-way domain loss" in (tmp_path / "results.md").read_text() and (tmp_path / "cross_entropy.png").exists()

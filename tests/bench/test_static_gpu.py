@@ -21,7 +21,7 @@ def test_every_kernel_compiled_for_both_archs(records):
     assert archs == {"sm_80", "sm_90"}
     kernels = {r["kernel"].split("/")[0] for r in records}
     assert {"elementwise_vec_kernel", "elementwise_scalar_kernel", "domain_bce_partials_kernel",
-            "domain_xent_partials_kernel", "reduce_final_kernel"} <= kernels
+            "domain_cross_entropy_partials_kernel", "reduce_final_kernel"} <= kernels
 
 
 def test_no_register_spills(records):
@@ -42,7 +42,7 @@ def test_no_stack_and_block_reductions_intact(records):
     if not have_sass:
         pytest.skip("cuobjdump not found (neither in the toolkit nor in triton's wheel)")
     reducing = [r for r in records if r["block_reducing"]]
-    assert len(reducing) == 2 * (2 * 4 + 4)  # 2 archs x (bce, xent partials + final) x 4 dtypes
+    assert len(reducing) == 2 * (2 * 4 + 4)  # 2 archs x (bce, cross-entropy partials + final) x 4 dtypes
     missing = [r["kernel"] + "@" + r["arch"] for r in reducing if not r["barriers"]]
     assert not missing, f"block-reducing kernels without BAR.SYNC: {missing}"
 

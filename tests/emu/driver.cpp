@@ -71,17 +71,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("weight_target"), py::arg("loss_scale"), py::arg("grad"), py::arg("loss_elems") = py::none(),
       py::arg("loss") = py::none(), py::arg("accuracy") = py::none());
   m.def(
-      "domain_xent",
+      "domain_cross_entropy",
       [](const at::Tensor& logits, const at::Tensor& domains, double loss_scale, const at::Tensor& grad,
          const std::optional<at::Tensor>& loss_elems, const std::optional<at::Tensor>& loss,
          const std::optional<at::Tensor>& accuracy) {
         check_cpu(logits, "logits");
         host_call([&] {
-          grl_cuda::domain_xent_kernel_cuda(logits, domains, loss_scale, grad, opt(loss_elems), opt(loss),
+          grl_cuda::domain_cross_entropy_kernel_cuda(logits, domains, loss_scale, grad, opt(loss_elems), opt(loss),
                                             opt(accuracy));
         });
       },
-      "domain_xent_kernel_cuda", py::arg("logits"), py::arg("domains"), py::arg("loss_scale"), py::arg("grad"),
+      "domain_cross_entropy_kernel_cuda", py::arg("logits"), py::arg("domains"), py::arg("loss_scale"), py::arg("grad"),
       py::arg("loss_elems") = py::none(), py::arg("loss") = py::none(), py::arg("accuracy") = py::none());
   m.def(
       "selftest",

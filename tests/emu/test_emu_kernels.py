@@ -368,17 +368,17 @@ def test_domain_bce_extremes_and_nan():
 
 # ---- the K-way loss ---------------------------------------------------------------------------
 
-def run_xent(z, d, reduction="mean"):
+def run_cross_entropy(z, d, reduction="mean"):
     rows = z.shape[0]
     grad = torch.full_like(z, float("nan"))
     acc = torch.full((), float("nan"))
     scale = 1.0 / rows if reduction == "mean" else 1.0
     if reduction == "none":
         loss = torch.full((rows,), float("nan"), dtype=z.dtype)
-        E.domain_xent(z, d, scale, grad, loss_elems=loss, accuracy=acc)
+        E.domain_cross_entropy(z, d, scale, grad, loss_elems=loss, accuracy=acc)
     else:
         loss = torch.full((), float("nan"), dtype=z.dtype)
-        E.domain_xent(z, d, scale, grad, loss=loss, accuracy=acc)
+        E.domain_cross_entropy(z, d, scale, grad, loss=loss, accuracy=acc)
     return loss, grad, acc
 
 
@@ -389,12 +389,12 @@ def test_domain_cross_entropy_matches_cpu_kernel_and_pytorch(dtype, rows, k):
     d = torch.randint(0, k, (rows,))
     rtol, atol = bce_tolerances(dtype)
     for reduction in ("mean", "sum", "none"):
-        loss, grad, acc = run_xent(z, d, reduction)
+        loss, grad, acc = run_cross_entropy(z, d, reduction)
         ref_loss, ref_grad, ref_acc = torch.ops.grl_cuda.domain_cross_entropy(z, d, reduction)
         torch.testing.assert_close(grad, ref_grad, rtol=rtol, atol=atol)
         torch.testing.assert_close(loss, ref_loss, rtol=rtol, atol=atol * 10)
         assert acc.item() == ref_acc.item()
-    loss, _, _ = run_xent(z, d, "mean")
+    loss, _, _ = run_cross_entropy(z, d, "mean")
     expected = F.cross_entropy(z.double(), d, reduction="mean")
     torch.testing.assert_close(loss.double(), expected, rtol=max(rtol, 1e-6) * 10, atol=atol * 10)
 
@@ -405,7 +405,7 @@ def test_domain_cross_entropy_bitwise_identical_under_every_schedule():
     results = []
     for kind, seed in SCHEDULES:
         E.set_schedule(kind, seed)
-        results.append(run_xent(z, d, "mean"))
+        results.append(run_cross_entropy(z, d, "mean"))
     for (loss, grad, acc), (kind, seed) in zip(results[1:], SCHEDULES[1:]):
         assert_same(loss, results[0][0], f"loss under {kind}:{seed}")
         assert_same(grad, results[0][1], f"grad under {kind}:{seed}")
@@ -418,4 +418,4 @@ def test_domain_id_outside_range_is_a_device_assert(bad):
     d = torch.randint(0, 3, (600,))
     d[517] = bad
     with pytest.raises(RuntimeError, match=r"device-side assert triggered.*block \(2,0,0\) thread \(5,0,0\)"):
-        run_xent(z, d)
+        run_cross_entropy(z, d)

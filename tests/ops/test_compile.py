@@ -158,7 +158,7 @@ def test_compiled_autograd_traces_our_backwards_and_reads_current_lambda():
     dynamo.reset()
 
 
-@pytest.mark.parametrize("loss", ["bce", "xent"])
+@pytest.mark.parametrize("loss", ["bce", "cross_entropy"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_compiled_fused_loss_backward_equals_eager(loss, reduction):
     # The eager Function and the registered op share one backward

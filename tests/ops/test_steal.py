@@ -235,7 +235,7 @@ def _bce(impl):
     return grl_cuda.domain_bce_with_logits if impl == "ours" else reference.domain_bce_with_logits
 
 
-def _xent(logits, domains, impl, reduction):
+def _cross_entropy(logits, domains, impl, reduction):
     if impl == "ours":
         return grl_cuda.domain_cross_entropy(logits, domains, reduction=reduction)
     return torch.nn.functional.cross_entropy(logits, domains, reduction=reduction)
@@ -245,7 +245,7 @@ def _loss(kind, impl, logits, reduction):
     if kind == "bce":
         return _bce(impl)(logits, logits.shape[0] // 2, weight_source=0.7, weight_target=1.3, reduction=reduction)
     domains = torch.arange(logits.shape[0], device=logits.device) % logits.shape[1]
-    return _xent(logits, domains, impl, reduction)
+    return _cross_entropy(logits, domains, impl, reduction)
 
 
 def _loss_scenario(kind, observer, impl, device, reduction):
@@ -279,7 +279,7 @@ def _loss_scenario(kind, observer, impl, device, reduction):
     return h.grad, saved
 
 
-@pytest.mark.parametrize("kind", ["bce", "xent"])
+@pytest.mark.parametrize("kind", ["bce", "cross_entropy"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("observer", ["none", "logits_hook", "logits_retain_grad", "loss_hook", "grad_outputs",
                                       "retain_graph_twice", "create_graph"])

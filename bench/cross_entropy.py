@@ -24,11 +24,11 @@ def run(device, quick):
             z.grad = None
             grl_cuda.domain_cross_entropy(z, domains).backward()
 
-        def torch_xent():
+        def torch_cross_entropy():
             z.grad = None
             F.cross_entropy(z, domains).backward()
 
-        cases = {"grl_cuda.domain_cross_entropy": (ours, None), "F.cross_entropy": (torch_xent, None)}
+        cases = {"grl_cuda.domain_cross_entropy": (ours, None), "F.cross_entropy": (torch_cross_entropy, None)}
         if n * k <= 1e5:
             reps, inner = (8, 20) if quick else (25, 30)
         else:
@@ -41,4 +41,4 @@ def run(device, quick):
 def report(res, out_dir):
     return ratio_report(res, out_dir, key_col="shape", ours="grl_cuda.domain_cross_entropy",
                         title="K-way domain cross-entropy forward+backward (N rows x K domains)", col_name="N x K",
-                        plot_title="K-way domain loss forward+backward", plot_name="xent.png")
+                        plot_title="K-way domain loss forward+backward", plot_name="cross_entropy.png")
