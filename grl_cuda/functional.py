@@ -93,7 +93,11 @@ class GradReverse(torch.autograd.Function):
             return _TracedGradReverse.scale(grad, ctx.lambda_), None, None
         # The steal's Python-side test, counted as in the probe (this frame's own
         # reference included; bind `grad` to nothing else before it). 0: never in place.
-        exclusive = sys.getrefcount(grad) <= _ENGINE_PY_REFS and not torch.is_anomaly_enabled()
+        global _ENGINE_PY_REFS
+        refs = sys.getrefcount(grad)
+        if refs < _ENGINE_PY_REFS:  # the import-time probe ran in a state with extra frame
+            _ENGINE_PY_REFS = refs  # references (a tracer, say): only ever lower the baseline
+        exclusive = refs <= _ENGINE_PY_REFS and not torch.is_anomaly_enabled()
         max_uses = _ENGINE_GRAD_USES if exclusive else 0
         if torch.is_grad_enabled():  # building a graph for a double backward
             return ops.neg_scale(grad, _lambda_tensor(ctx.lambda_, grad)), None, None

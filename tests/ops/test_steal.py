@@ -307,3 +307,15 @@ def test_baselines_hold_after_a_failed_compile():
         torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
         torch.testing.assert_close(seen[0], ref_seen[0], rtol=0, atol=0)
     assert _buffer_reused()
+
+
+def test_a_baseline_measured_too_high_is_lowered_by_the_first_exclusive_gradient(monkeypatch):
+    # Were the import-time probe to run where frames hold one more reference (a
+    # tracer touching frame locals, say), a gradient held once more than usual
+    # would pass for exclusive. The first truly exclusive gradient corrects it.
+    monkeypatch.setattr(functional, "_ENGINE_PY_REFS", functional._ENGINE_PY_REFS + 1)
+    _buffer_reused()  # an exclusive gradient: lowers the baseline back
+    grad, seen = _run(tensor_hook, "ours", "cpu")
+    ref_grad, ref_seen = _run(tensor_hook, "reference", "cpu")
+    torch.testing.assert_close(seen[0], ref_seen[0], rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
