@@ -13,6 +13,8 @@ out.backward(); the layer's own share is that minus the same graph without a
 layer ("added"), so autograd hands the layer a real, exclusive gradient.
 """
 
+import os
+
 import torch
 
 from . import peers

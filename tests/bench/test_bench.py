@@ -3,6 +3,8 @@ is measured in bench/, never asserted here)."""
 
 import json
 
+import pytest
+
 from bench import harness, peers
 from bench.run import main
 
@@ -50,3 +52,14 @@ def test_quick_kway_family_reports_both_implementations(tmp_path):
     impls = {row["impl"] for row in results["cross_entropy"]["timing"]}
     assert impls == {"grl_cuda.domain_cross_entropy", "F.cross_entropy"}
     assert "K-way domain loss" in (tmp_path / "results.md").read_text() and (tmp_path / "cross_entropy.png").exists()
+
+
+@pytest.mark.slow
+def test_quick_run_of_every_family_writes_its_report(tmp_path):
+    from bench.run import FAMILIES
+
+    assert main(["--quick", "--only", ",".join(FAMILIES), "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    text = (tmp_path / "results.md").read_text()
+    for name, family in FAMILIES.items():
+        assert results[name] and family.TITLE in text, name
