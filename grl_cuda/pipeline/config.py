@@ -12,6 +12,9 @@ import argparse
 import dataclasses
 
 NORMALIZATIONS = ("domain", "mean")
+INPUT_NORMS = ("none", "instance")
+OPTIMIZERS = ("sgd", "adam")
+PASSES = ("joint", "separate")
 DANN_FAMILY = ("dann", "dann-dsbn")
 
 
@@ -43,8 +46,14 @@ class Config:
                            "~/.cache/grl_cuda/data)", "data")
     # -- method
     method: str = option("dann", "one of: {methods}", "method", defines_run=True)
-    arch: str = option(None, "mnist or svhn (the paper's nets); default: mnist", "method", defines_run=True,
+    arch: str = option(None, "mnist or svhn (the paper's nets), mnist-bn (the MNIST net with BatchNorm after "
+                       "every convolution and hidden layer); default: mnist", "method", defines_run=True,
                        settled=True)
+    input_norm: str = option("none", "instance: standardise each image per channel over its own pixels before "
+                             "the first convolution (VADA's instance-normalised inputs); none: off", "method",
+                             defines_run=True, choices=INPUT_NORMS)
+    optimizer: str = option("sgd", "sgd (the paper: momentum 0.9) or adam; --lr is its initial learning rate",
+                            "method", defines_run=True, choices=OPTIMIZERS)
     steps: int = option(3000, "training steps", "method", defines_run=True)
     batch_size: int = option(64, "images per domain per step (the paper: 64 + 64)", "method", defines_run=True)
     lr: float = option(0.01, "mu_0 of the annealed learning rate", "method", defines_run=True)
@@ -61,6 +70,11 @@ class Config:
     gamma: float = option(10.0, "DANN: gamma of the lambda_p schedule", "method", defines_run=True,
                           read_by=DANN_FAMILY)
     lambda_max: float = option(1.0, "DANN: final lambda", "method", defines_run=True, read_by=DANN_FAMILY)
+    passes: str = option("joint", "DANN: joint (one forward pass over source + target rows, the paper) or "
+                         "separate (one pass per domain, so BatchNorm normalises each by its own batch)",
+                         "method", defines_run=True, read_by=DANN_FAMILY, choices=PASSES)
+    disc_hidden: str = option("", "DANN: the domain classifier's hidden widths, e.g. 1024,1024 (default: the "
+                              "paper's for the architecture)", "method", defines_run=True, read_by=DANN_FAMILY)
     alpha: float = option(0.1, "CGDM: weight of the pseudo-label loss", "method", defines_run=True,
                           read_by=("cgdm",))
     beta: float = option(0.01, "CGDM: weight of the gradient discrepancy", "method", defines_run=True,
@@ -133,6 +147,14 @@ def from_saved(saved, **overrides):
     return Config(**{**{k: v for k, v in saved.items() if k in FIELDS}, **overrides})
 
 
+def disc_hidden(cfg):
+    """--disc-hidden as a tuple of widths (empty: the architecture's default)."""
+    widths = tuple(int(w) for w in cfg.disc_hidden.split(",") if w.strip()) if cfg.disc_hidden else ()
+    if any(w <= 0 for w in widths):
+        raise ValueError(cfg.disc_hidden)
+    return widths
+
+
 def check(cfg):
     """Rejects values no run can use, naming the flag."""
     for name in ("steps", "batch_size", "eval_every", "log_every", "ckpt_every"):
@@ -144,6 +166,15 @@ def check(cfg):
         raise UserError("--shift must be >= 0")
     if not 0.0 <= cfg.ema < 1.0:
         raise UserError(f"--ema must be in [0, 1) (0: off; e.g. 0.999), got {cfg.ema}")
+    for name, allowed in (("input_norm", INPUT_NORMS), ("optimizer", OPTIMIZERS), ("passes", PASSES)):
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"unknown --{name.replace('_', '-')} {getattr(cfg, name)!r}; choose from: "
+                            f"{', '.join(allowed)}")
+    try:
+        disc_hidden(cfg)
+    except ValueError:
+        raise UserError(f"--disc-hidden must be positive widths separated by commas, e.g. 1024,1024; "
+                        f"got {cfg.disc_hidden!r}") from None
     if cfg.amp and cfg.device != "cuda":
         raise UserError("--amp needs --device cuda")
     if cfg.source or cfg.target or cfg.target_test:

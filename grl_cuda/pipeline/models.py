@@ -63,12 +63,12 @@ class DigitNet(nn.Module):
     Subspace Alignment, t-SNE and the proxy A-distance); ``features(x)`` the output
     of the convolutional extractor that the domain classifier reads."""
 
-    def __init__(self, extractor, feature_dim, label_hidden, num_classes, dropout=0.0):
+    def __init__(self, extractor, feature_dim, label_hidden, num_classes, dropout=0.0, batch_norm=False):
         super().__init__()
         self.extractor = extractor
         layers, width = [], feature_dim
         for h in label_hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(width, h), *([nn.BatchNorm1d(h)] if batch_norm else []), nn.ReLU(inplace=True)]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = h
@@ -87,47 +87,82 @@ class DigitNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def _conv(in_channels, out_channels, domain_bn, padding=0):
-    """conv5x5 - ReLU, with domain-specific BatchNorm between them when asked."""
+def _conv(in_channels, out_channels, norm, padding=0):
+    """conv5x5 - [BatchNorm] - ReLU. ``norm``: None, "batch" (one BatchNorm2d) or "domain"
+    (a DomainBatchNorm2d)."""
     layers = [nn.Conv2d(in_channels, out_channels, 5, padding=padding)]
-    if domain_bn:
+    if norm == "batch":
+        layers.append(nn.BatchNorm2d(out_channels))
+    elif norm == "domain":
         layers.append(DomainBatchNorm2d(out_channels))
     return layers + [nn.ReLU(inplace=True)]
 
 
-def mnist_net(num_classes=10, domain_bn=False):
+def _conv_norm(batch_norm, domain_bn):
+    if batch_norm and domain_bn:
+        raise ValueError("batch_norm and domain_bn exclude each other")
+    return "domain" if domain_bn else "batch" if batch_norm else None
+
+
+def _input_layers(input_norm):
+    """``input_norm="instance"``: each image standardised per channel over its own pixels
+    (InstanceNorm2d without affine parameters; VADA's instance-normalised inputs, Shu et
+    al. 2018), which removes per-image brightness, contrast and colour before the first
+    convolution."""
+    if input_norm in (None, "none"):
+        return []
+    if input_norm == "instance":
+        return [nn.InstanceNorm2d(3, affine=False)]
+    raise ValueError(f"input_norm must be 'none' or 'instance', got {input_norm!r}")
+
+
+def mnist_net(num_classes=10, domain_bn=False, batch_norm=False, input_norm=None):
     """conv5x5 32 - ReLU - maxpool 2/2 - conv5x5 48 - ReLU - maxpool 2/2 | FC100-ReLU-FC100-ReLU-FC10.
-    ``domain_bn``: a DomainBatchNorm2d after each convolution (not in the paper)."""
+    Not in the paper: ``domain_bn``, a DomainBatchNorm2d after each convolution;
+    ``batch_norm``, a BatchNorm after each convolution and each hidden FC layer;
+    ``input_norm`` (see _input_layers)."""
+    norm = _conv_norm(batch_norm, domain_bn)
     extractor = nn.Sequential(
-        *_conv(3, 32, domain_bn), nn.MaxPool2d(2, 2),
-        *_conv(32, 48, domain_bn), nn.MaxPool2d(2, 2),
+        *_input_layers(input_norm),
+        *_conv(3, 32, norm), nn.MaxPool2d(2, 2),
+        *_conv(32, 48, norm), nn.MaxPool2d(2, 2),
     )
-    return DigitNet(extractor, 48 * 5 * 5, (100, 100), num_classes)
+    return DigitNet(extractor, 48 * 5 * 5, (100, 100), num_classes, batch_norm=batch_norm)
 
 
-def svhn_net(num_classes=10, domain_bn=False):
+def mnist_bn_net(num_classes=10, domain_bn=False, input_norm=None):
+    """The paper's MNIST net with BatchNorm after every convolution and hidden FC layer."""
+    return mnist_net(num_classes, domain_bn=domain_bn, batch_norm=not domain_bn, input_norm=input_norm)
+
+
+def svhn_net(num_classes=10, domain_bn=False, input_norm=None):
     """conv5x5 64 - maxpool 3/2 - conv5x5 64 - maxpool 3/2 - conv5x5 128 | FC3072-FC2048-FC10, dropout.
     ``domain_bn``: a DomainBatchNorm2d after each convolution (not in the paper)."""
+    norm = _conv_norm(False, domain_bn)
     extractor = nn.Sequential(
-        *_conv(3, 64, domain_bn, padding=2), nn.MaxPool2d(3, 2),
-        *_conv(64, 64, domain_bn, padding=2), nn.MaxPool2d(3, 2),
-        *_conv(64, 128, domain_bn, padding=2),
+        *_input_layers(input_norm),
+        *_conv(3, 64, norm, padding=2), nn.MaxPool2d(3, 2),
+        *_conv(64, 64, norm, padding=2), nn.MaxPool2d(3, 2),
+        *_conv(64, 128, norm, padding=2),
     )
     return DigitNet(extractor, 128 * 7 * 7, (3072, 2048), num_classes, dropout=0.5)
 
 
-ARCHITECTURES = {"mnist": mnist_net, "svhn": svhn_net}
+ARCHITECTURES = {"mnist": mnist_net, "mnist-bn": mnist_bn_net, "svhn": svhn_net}
 
 
-def model_factory(arch, num_classes):
+def model_factory(arch, num_classes, input_norm=None):
     """What methods get to build their networks: ``factory(**options)`` -> a fresh net
-    (options such as ``domain_bn=True`` are the method's to ask for)."""
-    return lambda **options: ARCHITECTURES[arch](num_classes, **options)
+    (options such as ``domain_bn=True`` are the method's to ask for; ``input_norm`` is the
+    run's, the same for every method)."""
+    return lambda **options: ARCHITECTURES[arch](num_classes, input_norm=input_norm, **options)
 # Architecture by task when --arch is not given (default: mnist).
 DEFAULT_ARCH = {}  # the paper used the SVHN net for Syn Numbers; at 26M parameters it is too slow for 2 CPU cores, so opt in with --arch svhn
 
 
-def domain_head(arch, feature_dim, lambda_=1.0):
-    """The paper's domain classifier for each architecture, reversal fused into its first layer."""
-    hidden = (1024, 1024) if arch == "svhn" else (100,)
+def domain_head(arch, feature_dim, lambda_=1.0, hidden=None):
+    """The paper's domain classifier for each architecture (or ``hidden`` widths), the
+    reversal fused into its first layer."""
+    if not hidden:
+        hidden = (1024, 1024) if arch == "svhn" else (100,)
     return DomainDiscriminator(feature_dim, hidden=hidden, fused_grl=True, lambda_=lambda_)

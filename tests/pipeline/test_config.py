@@ -17,9 +17,16 @@ FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch
                       "im_weight", "refresh_every", "world_size", "normalize", "shift", "ema"}
 
 
-def test_run_identity_is_what_checkpoints_have_always_stored():
-    assert set(config.RUN_DEFINING) == FIRST_RUN_DEFINING
-    assert set(config.run_identity(Config())) == FIRST_RUN_DEFINING
+# Options added since, each with the default that reproduces the runs from before it (a saved
+# config without the key reads as that default: saved_value).
+ADDED_RUN_DEFINING = {"input_norm": "none", "optimizer": "sgd", "passes": "joint", "disc_hidden": ""}
+
+
+def test_run_identity_is_what_checkpoints_have_always_stored_plus_defaulted_additions():
+    assert set(config.RUN_DEFINING) == FIRST_RUN_DEFINING | set(ADDED_RUN_DEFINING)
+    assert set(config.run_identity(Config())) == FIRST_RUN_DEFINING | set(ADDED_RUN_DEFINING)
+    for name, before in ADDED_RUN_DEFINING.items():
+        assert config.saved_value({}, name) == before
 
 
 def test_parser_defaults_are_the_dataclass_defaults():

@@ -78,3 +78,39 @@ def test_dann_dsbn_evaluates_each_domain_with_its_own_statistics(tmp_path):
     with torch.no_grad():
         assert not torch.equal(method.predict(xt, "source"), method.predict(xt, "target"))
         assert torch.equal(method.embed(xt, "target"), method.model.embed(xt))  # target: the default
+
+
+def _dann(**options):
+    from grl_cuda.pipeline.methods import build_method
+
+    cfg = Config(method="dann", arch="mnist-bn", **options)
+    return build_method(cfg, 10, "cpu")
+
+
+def test_separate_passes_normalise_each_domain_by_its_own_batch():
+    torch.manual_seed(0)
+    xs, xt = torch.randn(6, 3, 32, 32), torch.randn(6, 3, 32, 32) * 3 + 2
+    joint, separate = _dann(passes="joint"), _dann(passes="separate")
+    separate.model.load_state_dict(joint.model.state_dict())
+    f_sep = separate.features_of_both(xs, xt)
+    torch.testing.assert_close(f_sep, torch.cat([joint.model.features(xs), joint.model.features(xt)]))
+    assert not torch.allclose(joint.features_of_both(xs, xt), f_sep, atol=1e-3)
+
+
+def test_optimizer_option_and_domain_head_widths_reach_the_method():
+    method = _dann(optimizer="adam", lr=0.002, disc_hidden="64,32")
+    assert isinstance(method.opt, torch.optim.Adam) and method.opt.param_groups[0]["lr"] == 0.002
+    assert isinstance(_dann().opt, torch.optim.SGD)
+    assert [p.shape[0] for p in method.head.parameters() if p.dim() == 2] == [64, 32, 1]
+
+
+@pytest.mark.parametrize("options, flag", [({"optimizer": "rmsprop"}, "--optimizer"),
+                                           ({"passes": "both"}, "--passes"),
+                                           ({"input_norm": "layer"}, "--input-norm"),
+                                           ({"disc_hidden": "64,-1"}, "--disc-hidden"),
+                                           ({"disc_hidden": "wide"}, "--disc-hidden")])
+def test_bad_new_options_are_named(options, flag):
+    from grl_cuda.pipeline import config
+
+    with pytest.raises(config.UserError, match=flag):
+        config.check(Config(**options))

@@ -60,3 +60,34 @@ def test_gradients_reach_both_domains_layers():
         (bn(x) * torch.randn(5, 2, 3, 3)).sum().backward()
     assert bn.source.weight.grad.abs().sum() > 0 and bn.target.weight.grad.abs().sum() > 0
     assert x.grad.shape == x.shape
+
+
+def test_mnist_bn_net_has_batchnorm_after_every_conv_and_hidden_layer():
+    net = models.ARCHITECTURES["mnist-bn"](10)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 2
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules()) == 2
+    assert net(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    dsbn = models.ARCHITECTURES["mnist-bn"](10, domain_bn=True)  # dann-dsbn on it: DSBN in the extractor
+    assert sum(isinstance(m, DomainBatchNorm2d) for m in dsbn.modules()) == 2
+    with pytest.raises(ValueError, match="exclude"):
+        models.mnist_net(batch_norm=True, domain_bn=True)
+
+
+@pytest.mark.parametrize("arch", ["mnist", "mnist-bn", "svhn"])
+def test_instance_normalised_inputs_ignore_each_images_brightness_and_contrast(arch):
+    torch.manual_seed(0)
+    net = models.model_factory(arch, 10, "instance")().eval()
+    plain = models.model_factory(arch, 10)().eval()
+    x = torch.rand(3, 3, 32, 32)
+    # a different positive gain and offset per image and channel
+    scaled = x * torch.rand(3, 3, 1, 1).add(0.5) + torch.randn(3, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(net(scaled), net(x), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(plain(scaled), plain(x), atol=1e-2)
+    with pytest.raises(ValueError, match="input_norm"):
+        models.mnist_net(input_norm="layer")
+
+
+def test_domain_head_widths_can_be_chosen():
+    head = models.domain_head("mnist", 48 * 25, hidden=(64, 32))
+    assert [p.shape[0] for p in head.parameters() if p.dim() == 2] == [64, 32, 1]

@@ -33,7 +33,7 @@ def build_method(cfg, num_classes, device):
     """``cfg.method`` on fresh networks of ``cfg.arch`` (settled before: see loop.settle)."""
     if cfg.arch not in models.ARCHITECTURES:
         raise UserError(f"unknown --arch {cfg.arch!r}; choose from: {', '.join(models.ARCHITECTURES)}")
-    return get_method(cfg.method)(cfg, models.model_factory(cfg.arch, num_classes), num_classes,
+    return get_method(cfg.method)(cfg, models.model_factory(cfg.arch, num_classes, cfg.input_norm), num_classes,
                                   torch.device(device))
 
 

@@ -108,6 +108,9 @@ class Method:
     def load_extra_state(self, state):
         pass
 
-    def sgd(self, params):
-        """The paper's optimizer: SGD with momentum 0.9 (lr set every step by the loop)."""
+    def make_optimizer(self, params):
+        """--optimizer over ``params`` (lr set every step by the loop): the paper's SGD with
+        momentum 0.9, or Adam (what most public re-implementations of DANN use)."""
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)

@@ -102,8 +102,8 @@ class CGDM(Method):
                                nn.BatchNorm1d(bottleneck), nn.ReLU(inplace=True)).to(device)
         self.F1 = classifier(bottleneck, hidden, num_classes).to(device)
         self.F2 = classifier(bottleneck, hidden, num_classes).to(device)
-        self.opt_g = self.sgd(self.G.parameters())
-        self.opt_f = self.sgd(list(self.F1.parameters()) + list(self.F2.parameters()))
+        self.opt_g = self.make_optimizer(self.G.parameters())
+        self.opt_f = self.make_optimizer(list(self.F1.parameters()) + list(self.F2.parameters()))
         self.pseudo_labels = None
         self.alpha = cfg.alpha if self.use_gradient_discrepancy else 0.0
         self.beta = cfg.beta if self.use_gradient_discrepancy else 0.0

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from grl_cuda import domain_bce_with_logits
 from grl_cuda.schedules import dann_lambda
 
+from ..config import disc_hidden
 from ..models import domain_head, route_domains
 from .base import Method
 
@@ -18,8 +19,8 @@ class DANN(Method):
         super().__init__(cfg, model_factory, num_classes, device)
         self.model = self.build_model(model_factory).to(device)
         # The reversal is fused into the domain head's first layer (GradientReversalLinear).
-        self.head = domain_head(cfg.arch, self.model.feature_dim).to(device)
-        self.opt = self.sgd(list(self.model.parameters()) + list(self.head.parameters()))
+        self.head = domain_head(cfg.arch, self.model.feature_dim, hidden=disc_hidden(cfg)).to(device)
+        self.opt = self.make_optimizer(list(self.model.parameters()) + list(self.head.parameters()))
 
     def build_model(self, model_factory):
         return model_factory()
@@ -35,8 +36,7 @@ class DANN(Method):
         lam = dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max
         self.head.grl.set_lambda(lam)
         ns = xs.shape[0]
-        # one pass over both domains (the paper's minibatch: half source, half target)
-        f = self.model.features(torch.cat([xs, xt]))
+        f = self.features_of_both(xs, xt)
         label_loss = F.cross_entropy(self.model.classifier(self.model.label_hidden(f[:ns])), ys)
         domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
         loss = label_loss + domain_loss
@@ -46,6 +46,15 @@ class DANN(Method):
         self.opt.step()
         return {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
                 "domain_acc": domain_acc, "lambda": torch.tensor(lam)}
+
+    def features_of_both(self, xs, xt):
+        """Features of the source rows, then the target rows. --passes joint: one pass over
+        both (the paper's minibatch: half source, half target), so a BatchNorm normalises
+        them by the statistics of the mixture; separate: one pass per domain, each
+        normalised by its own batch (what most public re-implementations do)."""
+        if self.cfg.passes == "separate":
+            return torch.cat([self.model.features(xs), self.model.features(xt)])
+        return self.model.features(torch.cat([xs, xt]))
 
     def predict(self, x, domain="target"):
         return self.model(x)

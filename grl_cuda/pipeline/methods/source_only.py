@@ -15,7 +15,7 @@ class SourceOnly(Method):
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
         self.model = model_factory().to(device)
-        self.opt = self.sgd(self.model.parameters())
+        self.opt = self.make_optimizer(self.model.parameters())
 
     def networks(self):
         return {"model": self.model}
