@@ -100,7 +100,7 @@ class DIRTT(VADA):
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
-        self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        self.teacher = copy.deepcopy(self.model).requires_grad_(False).train(False)
 
     def networks(self):
         return {**super().networks(), "teacher": self.teacher}
