@@ -14,7 +14,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # e443322): the checkpoints written since carry exactly these keys.
 FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch", "steps", "batch_size", "lr",
                       "weight_decay", "gamma", "lambda_max", "lr_anneal", "seed", "alpha", "beta", "num_k",
-                      "im_weight", "refresh_every", "world_size", "normalize", "shift", "ema"}
+                      "im_weight", "refresh_every", "world_size", "normalize", "shift", "ema",
+                      # CDAN, MCC, VADA, DIRT-T (older checkpoints lack them: they take their defaults)
+                      "cdan_map", "cdan_random_dim", "mcc_temperature", "mcc_weight", "vada_lambda_d",
+                      "vada_lambda_s", "vada_lambda_t", "vat_eps", "vat_xi", "dirtt_start", "dirtt_beta",
+                      "dirtt_refresh"}
 
 
 def test_run_identity_is_what_checkpoints_have_always_stored():
