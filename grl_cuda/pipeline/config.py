@@ -15,7 +15,11 @@ NORMALIZATIONS = ("domain", "mean")
 INPUT_NORMS = ("none", "instance")
 OPTIMIZERS = ("sgd", "adam")
 PASSES = ("joint", "separate")
-DANN_FAMILY = ("dann", "dann-dsbn")
+DANN_FAMILY = ("dann", "dann-dsbn", "cdan", "cdan-e")  # the methods on DANN's lambda_p schedule
+CDAN_FAMILY = ("cdan", "cdan-e")
+VADA_FAMILY = ("vada", "dirt-t")
+ADVERSARIAL = DANN_FAMILY + VADA_FAMILY  # the methods with DANN's domain classifier
+CDAN_MAPS = ("auto", "multilinear", "randomized")
 
 
 class UserError(Exception):
@@ -72,9 +76,9 @@ class Config:
     lambda_max: float = option(1.0, "DANN: final lambda", "method", defines_run=True, read_by=DANN_FAMILY)
     passes: str = option("joint", "DANN: joint (one forward pass over source + target rows, the paper) or "
                          "separate (one pass per domain, so BatchNorm normalises each by its own batch)",
-                         "method", defines_run=True, read_by=DANN_FAMILY, choices=PASSES)
+                         "method", defines_run=True, read_by=ADVERSARIAL, choices=PASSES)
     disc_hidden: str = option("", "DANN: the domain classifier's hidden widths, e.g. 1024,1024 (default: the "
-                              "paper's for the architecture)", "method", defines_run=True, read_by=DANN_FAMILY)
+                              "paper's for the architecture)", "method", defines_run=True, read_by=ADVERSARIAL)
     alpha: float = option(0.1, "CGDM: weight of the pseudo-label loss", "method", defines_run=True,
                           read_by=("cgdm",))
     beta: float = option(0.01, "CGDM: weight of the gradient discrepancy", "method", defines_run=True,
@@ -85,6 +89,32 @@ class Config:
                               read_by=("cgdm",))
     refresh_every: int = option(500, "CGDM: steps between pseudo-label refreshes", "method", defines_run=True,
                                 read_by=("cgdm",))
+    cdan_map: str = option("auto", "CDAN: the discriminator's input, features (x) predictions: multilinear (the "
+                           "outer product), randomized (random projections of both, multiplied), auto: randomized "
+                           "above 4096 values", "method", defines_run=True, read_by=CDAN_FAMILY, choices=CDAN_MAPS)
+    cdan_random_dim: int = option(1024, "CDAN: width d of the randomized map", "method", defines_run=True,
+                                  read_by=CDAN_FAMILY)
+    mcc_temperature: float = option(2.5, "MCC: temperature of the target predictions", "method", defines_run=True,
+                                    read_by=("mcc",))
+    mcc_weight: float = option(1.0, "MCC: weight of the class-confusion loss", "method", defines_run=True,
+                               read_by=("mcc",))
+    vada_lambda_d: float = option(0.01, "VADA: weight of the domain loss (the reversal's constant lambda)", "method",
+                                  defines_run=True, read_by=VADA_FAMILY)
+    vada_lambda_s: float = option(1.0, "VADA: weight of VAT on source", "method", defines_run=True,
+                                  read_by=VADA_FAMILY)
+    vada_lambda_t: float = option(0.01, "VADA: weight of target conditional entropy + VAT on target", "method",
+                                  defines_run=True, read_by=VADA_FAMILY)
+    vat_eps: float = option(3.5, "VADA: VAT radius (L2 norm of the adversarial perturbation per image)", "method",
+                            defines_run=True, read_by=VADA_FAMILY)
+    vat_xi: float = option(1e-2, "VADA: VAT's finite-difference step of the power iteration (the authors: 1e-6, "
+                           "which float32 rounds to noise)", "method",
+                           defines_run=True, read_by=VADA_FAMILY)
+    dirtt_start: float = option(0.5, "DIRT-T: fraction of --steps trained as VADA before the refinement", "method",
+                                defines_run=True, read_by=("dirt-t",))
+    dirtt_beta: float = option(0.01, "DIRT-T: weight of the KL to the teacher (relative to --vada-lambda-t)",
+                               "method", defines_run=True, read_by=("dirt-t",))
+    dirtt_refresh: int = option(500, "DIRT-T: steps between teacher refreshes during the refinement", "method",
+                                defines_run=True, read_by=("dirt-t",))
     seed: int = option(0, "seed of weights, batches, augmentation and dropout", "method", defines_run=True)
     # -- run
     out: str = option("runs/run", "output folder", "run")
@@ -96,6 +126,8 @@ class Config:
     log_every: int = option(50, "steps between records in metrics.jsonl", "run")
     ckpt_every: int = option(500, "steps between checkpoints", "run")
     resume: bool = option(False, "continue from --out/checkpoint.pt", "run", action="store_true")
+    collapse_window: int = option(500, "steps a collapse sign must last to be flagged (metrics' warning, the bar's "
+                                  "WARN, summary.json's collapse)", "run")
     plots: bool = option(True, "skip curves.png and tsne.png", "run", flag="--no-plots", action="store_false")
     stop_after: int = option(None, argparse.SUPPRESS, "run")  # tests: stop as if interrupted
     # -- set by the loop: the number of data-parallel processes
@@ -157,7 +189,8 @@ def disc_hidden(cfg):
 
 def check(cfg):
     """Rejects values no run can use, naming the flag."""
-    for name in ("steps", "batch_size", "eval_every", "log_every", "ckpt_every"):
+    for name in ("steps", "batch_size", "eval_every", "log_every", "ckpt_every", "collapse_window", "cdan_random_dim",
+                 "dirtt_refresh"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.normalize not in NORMALIZATIONS:
@@ -175,6 +208,14 @@ def check(cfg):
     except ValueError:
         raise UserError(f"--disc-hidden must be positive widths separated by commas, e.g. 1024,1024; "
                         f"got {cfg.disc_hidden!r}") from None
+    if cfg.cdan_map not in CDAN_MAPS:
+        raise UserError(f"unknown --cdan-map {cfg.cdan_map!r}; choose from: {', '.join(CDAN_MAPS)}")
+    if cfg.mcc_temperature <= 0:
+        raise UserError(f"--mcc-temperature must be positive, got {cfg.mcc_temperature}")
+    if cfg.vat_eps < 0 or cfg.vat_xi <= 0:
+        raise UserError(f"--vat-eps must be >= 0 and --vat-xi > 0, got {cfg.vat_eps} and {cfg.vat_xi}")
+    if not 0.0 <= cfg.dirtt_start < 1.0:
+        raise UserError(f"--dirtt-start must be in [0, 1), got {cfg.dirtt_start}")
     if cfg.amp and cfg.device != "cuda":
         raise UserError("--amp needs --device cuda")
     if cfg.source or cfg.target or cfg.target_test:

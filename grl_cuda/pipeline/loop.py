@@ -24,7 +24,7 @@ import torch.distributed as dist
 from grl_cuda.schedules import annealed_lr
 
 from . import config as config_mod
-from . import diagnostics, models, runs
+from . import diagnostics, health, models, runs
 from .config import UserError
 from .data import EpochSampler, LabeledTargetBatch, SourceBatch, TargetBatch, random_shift, task_for, to_tensors
 from .evaluate import WeightAverage, evaluation_weights, final_metrics, test_accuracies
@@ -46,6 +46,7 @@ class Run:
     step: int = 0
     elapsed_before: float = 0.0
     t0: float = 0.0
+    monitor: health.CollapseMonitor = None
 
     @property
     def distributed(self):
@@ -70,9 +71,10 @@ def fit(cfg, progress=True):
         if run.step == 0:  # a resumed run restores pseudo labels etc. from its checkpoint
             refresh(run)
         while run.step < cfg.steps:
-            losses = step(run, *batch(run))
+            source, target = batch(run)
+            losses = step(run, source, target)
             run.step += 1
-            log(run, losses, bar)
+            log(run, losses, bar, target)
             if due(run, cfg.refresh_every):
                 refresh(run)
             if due(run, cfg.eval_every) and run.rank == 0:
@@ -114,13 +116,19 @@ def step(run, source, target):
     return losses
 
 
-def log(run, losses, bar):
+def log(run, losses, bar, target):
     if run.step % run.cfg.log_every == 0 or run.step == run.cfg.steps:
         record = {k: float(v) for k, v in losses.items()}
         record["lr"] = next(iter(run.method.optimizers().values())).param_groups[0]["lr"]
-        run.log.write({"kind": "train", "step": run.step, **record})
+        record.update(health.target_prediction_stats(run.method, target.x))
+        record = {"kind": "train", "step": run.step, **record}
+        warning = run.monitor.update(record)
+        if warning:
+            record["warning"] = ",".join(warning)
+        run.log.write(record)
         if bar is not None:
-            bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()}, refresh=False)
+            postfix = {k: f"{v:.3g}" for k, v in record.items() if k not in ("kind", "step", "warning")}
+            bar.set_postfix({**postfix, **({"WARN": record["warning"]} if warning else {})}, refresh=False)
     if bar is not None:
         bar.update(1)
 
@@ -208,6 +216,7 @@ def setup(cfg):
     os.makedirs(cfg.out, exist_ok=True)
     average = WeightAverage(method.networks(), cfg.ema) if cfg.ema else None
     run = Run(cfg, task, tensors, method, average, samplers, rank, world, runs.MetricsLog(cfg.out, rank))
+    run.monitor = health.CollapseMonitor(health.window_records(cfg.collapse_window, cfg.log_every))
     if cfg.resume:
         restore(run, runs.read_checkpoint(run.checkpoint_path, cfg))
     else:
@@ -230,6 +239,8 @@ def restore(run, ckpt):
     runs.set_rng_state(mine["rng"])
     run.step, run.elapsed_before = ckpt["step"], ckpt.get("elapsed", 0.0)
     run.log.keep_first(ckpt["metrics_lines"])
+    if run.rank == 0:  # the collapse monitor's state is a function of the records kept
+        run.monitor.replay(r for r in run.log.records() if r.get("kind") == "train")
 
 
 def init_distributed(cfg):
@@ -303,7 +314,8 @@ def finish(run):
                    "source_test_acc": final["source_test_acc"], "target_test_acc": final["target_test_acc"],
                    "proxy_a_distance": extra.pop("proxy_a_distance"), "train_seconds": elapsed,
                    "images_per_second": cfg.steps * 2 * cfg.batch_size / max(elapsed, 1e-9),
-                   "sizes": run.task.sizes(), "config": dataclasses.asdict(cfg), "versions": versions(), **extra}
+                   "sizes": run.task.sizes(), "collapse": run.monitor.summary(), "config": dataclasses.asdict(cfg),
+                   "versions": versions(), **extra}
         with open(os.path.join(cfg.out, runs.SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
         runs.write_checkpoint(run.checkpoint_path, cfg, cfg.steps, run.method, run.average, [], run.log.lines(),

@@ -16,15 +16,19 @@ FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch
                       "weight_decay", "gamma", "lambda_max", "lr_anneal", "seed", "alpha", "beta", "num_k",
                       "im_weight", "refresh_every", "world_size", "normalize", "shift", "ema"}
 
-
-# Options added since, each with the default that reproduces the runs from before it (a saved
-# config without the key reads as that default: saved_value).
+# Options added since that change existing methods, each with the default that reproduces the
+# runs from before it (a saved config without the key reads as that default: saved_value).
 ADDED_RUN_DEFINING = {"input_norm": "none", "optimizer": "sgd", "passes": "joint", "disc_hidden": ""}
+# Options of methods added since (CDAN, MCC, VADA, DIRT-T): no older run can have used them.
+NEW_METHODS_OPTIONS = {"cdan_map", "cdan_random_dim", "mcc_temperature", "mcc_weight", "vada_lambda_d",
+                       "vada_lambda_s", "vada_lambda_t", "vat_eps", "vat_xi", "dirtt_start", "dirtt_beta",
+                       "dirtt_refresh"}
 
 
 def test_run_identity_is_what_checkpoints_have_always_stored_plus_defaulted_additions():
-    assert set(config.RUN_DEFINING) == FIRST_RUN_DEFINING | set(ADDED_RUN_DEFINING)
-    assert set(config.run_identity(Config())) == FIRST_RUN_DEFINING | set(ADDED_RUN_DEFINING)
+    expected = FIRST_RUN_DEFINING | set(ADDED_RUN_DEFINING) | NEW_METHODS_OPTIONS
+    assert set(config.RUN_DEFINING) == expected
+    assert set(config.run_identity(Config())) == expected
     for name, before in ADDED_RUN_DEFINING.items():
         assert config.saved_value({}, name) == before
 

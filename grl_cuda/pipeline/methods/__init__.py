@@ -8,9 +8,12 @@ import torch
 from .. import models
 from ..config import UserError
 from .base import Method
+from .cdan import CDAN, CDANEntropy
 from .cgdm import CGDM, MCD
 from .dann import DANN, DANNDomainBN
+from .mcc import MCC
 from .source_only import SourceOnly, SubspaceAlignment, TargetOnly
+from .vada import DIRTT, VADA
 
 METHODS = {
     "source-only": SourceOnly,
@@ -20,6 +23,11 @@ METHODS = {
     "dann-dsbn": DANNDomainBN,
     "mcd": MCD,
     "cgdm": CGDM,
+    "cdan": CDAN,
+    "cdan-e": CDANEntropy,
+    "mcc": MCC,
+    "vada": VADA,
+    "dirt-t": DIRTT,
 }
 
 

@@ -19,11 +19,33 @@ class DANN(Method):
         super().__init__(cfg, model_factory, num_classes, device)
         self.model = self.build_model(model_factory).to(device)
         # The reversal is fused into the domain head's first layer (GradientReversalLinear).
-        self.head = domain_head(cfg.arch, self.model.feature_dim, hidden=disc_hidden(cfg)).to(device)
+        self.head = self.build_head().to(device)
         self.opt = self.make_optimizer(list(self.model.parameters()) + list(self.head.parameters()))
 
     def build_model(self, model_factory):
         return model_factory()
+
+    def build_head(self):
+        """The domain classifier (subclasses that feed it something else than the
+        extractor's features, e.g. CDAN, change its input width here)."""
+        return domain_head(self.cfg.arch, self.model.feature_dim, hidden=disc_hidden(self.cfg))
+
+    def features_of_both(self, xs, xt):
+        """The extractor's features of the source rows, then the target rows. --passes
+        joint: one pass over both (the paper's minibatch: half source, half target), so a
+        BatchNorm normalises them by the statistics of the mixture; separate: one pass per
+        domain, each normalised by its own batch (what most public re-implementations do;
+        domain-specific BatchNorm is routed by the pass's domain)."""
+        if self.cfg.passes == "separate":
+            with route_domains(self.model, domain="source"):
+                fs = self.model.features(xs)
+            with route_domains(self.model, domain="target"):
+                ft = self.model.features(xt)
+            return torch.cat([fs, ft])
+        return self.model.features(torch.cat([xs, xt]))
+
+    def reversal_lambda(self, progress):
+        return dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max
 
     def networks(self):
         return {"model": self.model, "domain_head": self.head}
@@ -32,29 +54,24 @@ class DANN(Method):
         return {"opt": self.opt}
 
     def train_step(self, source, target, progress):
+        loss, record = self.losses(source, target, progress)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sync_grads(list(self.model.parameters()) + list(self.head.parameters()))
+        self.opt.step()
+        return record
+
+    def losses(self, source, target, progress):
+        """(the step's loss, its record for the log): subclasses add their terms to it."""
         xs, ys, xt = source.x, source.y, target.x
-        lam = dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max
+        lam = self.reversal_lambda(progress)
         self.head.grl.set_lambda(lam)
         ns = xs.shape[0]
         f = self.features_of_both(xs, xt)
         label_loss = F.cross_entropy(self.model.classifier(self.model.label_hidden(f[:ns])), ys)
         domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
-        loss = label_loss + domain_loss
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.sync_grads(list(self.model.parameters()) + list(self.head.parameters()))
-        self.opt.step()
-        return {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
-                "domain_acc": domain_acc, "lambda": torch.tensor(lam)}
-
-    def features_of_both(self, xs, xt):
-        """Features of the source rows, then the target rows. --passes joint: one pass over
-        both (the paper's minibatch: half source, half target), so a BatchNorm normalises
-        them by the statistics of the mixture; separate: one pass per domain, each
-        normalised by its own batch (what most public re-implementations do)."""
-        if self.cfg.passes == "separate":
-            return torch.cat([self.model.features(xs), self.model.features(xt)])
-        return self.model.features(torch.cat([xs, xt]))
+        return label_loss + domain_loss, {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
+                                          "domain_acc": domain_acc, "lambda": torch.tensor(lam)}
 
     def predict(self, x, domain="target"):
         return self.model(x)

@@ -1,0 +1,50 @@
+"""MCC (Jin, Wang, Long, Wang, ECCV 2020, "Minimum Class Confusion for Versatile
+Domain Adaptation"): source cross-entropy plus a penalty on how much the
+classifier confuses classes on the target batch; no domain classifier.
+
+The target term, for a batch of logits Z (B x K) and temperature T:
+  Y = softmax(Z / T)                           (temperature rescaling)
+  w_i ~ 1 + exp(-H(Y_i)), scaled to sum to B   (certain predictions count more)
+  C = Y^T diag(w) Y                            (K x K class correlation)
+  C~_jk = C_jk / sum_i C_ik                    (each class's column sums to 1)
+  MCC = (sum of C~'s off-diagonal entries) / K
+and the loss is CE(source) + mcc_weight * MCC. The paper: T = 2.5, weight 1.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from ..health import prediction_entropy
+from .source_only import SourceOnly
+
+
+def class_confusion(logits, temperature=2.5):
+    """MCC's loss on a batch of target logits (module docstring); in [0, (K-1)/K]."""
+    batch, k = logits.shape
+    y = F.softmax(logits / temperature, dim=1)
+    w = 1.0 + torch.exp(-prediction_entropy(y).detach())
+    w = batch * w / w.sum()
+    c = (y * w[:, None]).t() @ y
+    c = c / c.sum(0, keepdim=True)
+    return (c.sum() - c.trace()) / k
+
+
+class MCC(SourceOnly):
+    """Built like source-only (one network, one optimizer); the target batch goes through
+    the network in the same pass as the source batch."""
+
+    name = "mcc"
+    subspace_alignment = None
+
+    def train_step(self, source, target, progress):
+        xs, ys, xt = source.x, source.y, target.x
+        ns = xs.shape[0]
+        logits = self.model(torch.cat([xs, xt]))
+        label_loss = F.cross_entropy(logits[:ns], ys)
+        mcc = class_confusion(logits[ns:], self.cfg.mcc_temperature)
+        loss = label_loss + self.cfg.mcc_weight * mcc
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sync_grads(self.model.parameters())
+        self.opt.step()
+        return {"label_loss": label_loss.detach(), "mcc_loss": mcc.detach()}
