@@ -13,6 +13,7 @@ from .base import Method
 
 class DANN(Method):
     name = "dann"
+    distribute = "ddp"  # one backward per step; every parameter gets a gradient
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
@@ -30,7 +31,7 @@ class DANN(Method):
     def optimizers(self):
         return {"opt": self.opt}
 
-    def train_step(self, source, target, progress):
+    def losses(self, source, target, progress):
         xs, ys, xt = source.x, source.y, target.x
         lam = dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max
         self.head.grl.set_lambda(lam)
@@ -39,12 +40,7 @@ class DANN(Method):
         f = self.model.features(torch.cat([xs, xt]))
         label_loss = F.cross_entropy(self.model.classifier(self.model.label_hidden(f[:ns])), ys)
         domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
-        loss = label_loss + domain_loss
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.sync_grads(list(self.model.parameters()) + list(self.head.parameters()))
-        self.opt.step()
-        return {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
+        return label_loss + domain_loss, {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
                 "domain_acc": domain_acc, "lambda": torch.tensor(lam)}
 
     def predict(self, x, domain="target"):
@@ -66,9 +62,9 @@ class DANNDomainBN(DANN):
     def build_model(self, model_factory):
         return model_factory(domain_bn=True)
 
-    def train_step(self, source, target, progress):
+    def losses(self, source, target, progress):
         with route_domains(self.model, n_source=source.x.shape[0]):
-            return super().train_step(source, target, progress)
+            return super().losses(source, target, progress)
 
     def predict(self, x, domain="target"):
         with route_domains(self.model, domain=domain):
