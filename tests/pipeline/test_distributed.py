@@ -4,15 +4,21 @@ DistributedDataParallel and under the explicit all-reduce (--no-ddp), CGDM's exp
 path with its double backward, and --sync-bn's BatchNorm statistics (DANN-DSBN: the
 domain-specific BatchNorms are converted too)."""
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from grl_cuda.pipeline import distributed
+from grl_cuda.pipeline import distributed, runs
 from grl_cuda.pipeline.config import Config
 from grl_cuda.pipeline.data import SourceBatch, TargetBatch
+from grl_cuda.pipeline.loop import fit
 from grl_cuda.pipeline.methods import build_method
 from grl_cuda.pipeline.models import DomainBatchNorm2d
 
@@ -154,3 +160,34 @@ def test_ddp_with_compile_matches_one_process(tmp_path):
     options, _, dtype = SLOW_CASES["dann-ddp-compile"]
     found = differences(ranks[0]["dann-ddp-compile"], train(dict(options, compile=False), dtype))
     assert not found, found
+
+
+def test_torchrun_ddp_sync_bn_resume_is_bit_exact_and_other_world_sizes_are_refused(tmp_path, data_dir,
+                                                                                    assert_same_outputs):
+    """fit() under 2-process torchrun with DDP and --sync-bn (DSBN: BatchNorm buffers in
+    the checkpoint): interrupted and resumed gives what an uninterrupted run gives; a
+    1-process resume of the 2-process checkpoint is refused."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+
+    def torchrun(out, *extra):
+        with socket.socket() as s:  # a free port: other test runs on this machine may hold a fixed one
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+               "-m", "grl_cuda.train", "--task", "mnist-mnistm", "--method", "dann-dsbn", "--sync-bn", "--steps",
+               "20", "--log-every", "5", "--eval-every", "10", "--no-plots", "--data-dir", data_dir, "--out",
+               str(tmp_path / out), *extra]
+        return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+    straight = torchrun("straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    broken = torchrun("broken", "--stop-after", "10")
+    assert broken.returncode == 1 and "interrupted at step 10" in broken.stderr, broken.stderr[-3000:]
+    cfg = Config(task="mnist-mnistm", method="dann-dsbn", sync_bn=True, steps=20, log_every=5, eval_every=10,
+                 plots=False, data_dir=data_dir, out=str(tmp_path / "broken"), resume=True)
+    with pytest.raises(runs.CheckpointError, match="written by 2 process"):
+        fit(cfg, progress=False)
+    resumed = torchrun("broken", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_outputs(str(tmp_path / "straight"), str(tmp_path / "broken"))
