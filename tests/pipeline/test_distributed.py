@@ -20,15 +20,32 @@ from grl_cuda.pipeline.config import Config
 from grl_cuda.pipeline.data import SourceBatch, TargetBatch
 from grl_cuda.pipeline.loop import fit
 from grl_cuda.pipeline.methods import build_method
-from grl_cuda.pipeline.models import DomainBatchNorm2d
+from grl_cuda.pipeline.methods.dann import DANN
+from grl_cuda.pipeline.models import DomainBatchNorm2d, model_factory
 
 pytestmark = pytest.mark.slow
 
 WORLD, PER_RANK, STEPS = 2, 8, 3
+
+
+class OwnStepDANN(DANN):
+    """A DANN subclass with a step of its own written the pre-DDP way (network calls
+    outside ``losses``, then ``sync_grads``): the DDP wrapper never sees its forward,
+    so sync_grads must average the gradients itself."""
+
+    def train_step(self, source, target, progress):
+        loss, logs = self.losses(source, target, progress)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sync_grads(list(self.model.parameters()) + list(self.head.parameters()))
+        self.opt.step()
+        return logs
+
 # name: (Config options, whether 2 processes must match 1, dtype)
 CASES = {
     "dann-ddp": (dict(method="dann"), True, torch.float32),
     "dann-explicit": (dict(method="dann", ddp=False), True, torch.float32),
+    "dann-own-step": (dict(method="dann", cls=OwnStepDANN), True, torch.float32),
     "dsbn-sync-bn": (dict(method="dann-dsbn", sync_bn=True), True, torch.float32),
     "dsbn-per-rank-bn": (dict(method="dann-dsbn"), False, torch.float32),  # the control: per-rank statistics
     # float64: in float32 the rounding of the all-reduced sums (another order than one
@@ -57,9 +74,12 @@ def train(options, dtype, rank=0, world=1):
 
 
 def _train(options, rank, world):
+    options = dict(options)
+    cls = options.pop("cls", None)
     cfg = Config(arch="mnist", batch_size=WORLD * PER_RANK, world_size=world, **options)
     torch.manual_seed(0)
-    method = build_method(cfg, 10, "cpu")
+    method = build_method(cfg, 10, "cpu") if cls is None else cls(cfg, model_factory("mnist", 10), 10,
+                                                                      torch.device("cpu"))
     for net in method.networks().values():
         for m in net.modules():
             if isinstance(m, nn.Dropout):  # dropout masks cannot agree between 1 and 2 processes
