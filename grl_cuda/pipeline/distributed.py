@@ -112,13 +112,14 @@ def mean_over_ranks(t):
     return all_reduce_sum(t) / dist.get_world_size()
 
 
-def reduce_gradients(params, bucket_bytes=BUCKET_BYTES):
+def reduce_gradients(params, bucket_bytes=None):
     """Averages the gradients of ``params`` over ranks in place (the explicit path):
     one asynchronous all-reduce per bucket of consecutive gradients, all in flight
     before the first wait. Parameters without a gradient are skipped (every rank must
     have the same ones: the same step code runs everywhere)."""
     if not active():
         return
+    bucket_bytes = bucket_bytes or BUCKET_BYTES
     grads = [p.grad for p in params if p.grad is not None]
     buckets, current, size = [], [], 0
     for g in grads:

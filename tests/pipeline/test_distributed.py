@@ -26,6 +26,7 @@ from grl_cuda.pipeline.models import DomainBatchNorm2d, model_factory
 pytestmark = pytest.mark.slow
 
 WORLD, PER_RANK, STEPS = 2, 8, 3
+BUCKET_BYTES = distributed.BUCKET_BYTES
 
 
 class OwnStepDANN(DANN):
@@ -45,6 +46,8 @@ class OwnStepDANN(DANN):
 CASES = {
     "dann-ddp": (dict(method="dann"), True, torch.float32),
     "dann-explicit": (dict(method="dann", ddp=False), True, torch.float32),
+    # buckets of 4 KiB: many buckets in flight, and tensors larger than a bucket
+    "dann-explicit-small-buckets": (dict(method="dann", ddp=False, bucket_bytes=4096), True, torch.float32),
     "dann-own-step": (dict(method="dann", cls=OwnStepDANN), True, torch.float32),
     "dsbn-sync-bn": (dict(method="dann-dsbn", sync_bn=True), True, torch.float32),
     "dsbn-per-rank-bn": (dict(method="dann-dsbn"), False, torch.float32),  # the control: per-rank statistics
@@ -76,6 +79,7 @@ def train(options, dtype, rank=0, world=1):
 def _train(options, rank, world):
     options = dict(options)
     cls = options.pop("cls", None)
+    distributed.BUCKET_BYTES = options.pop("bucket_bytes", BUCKET_BYTES)
     cfg = Config(arch="mnist", batch_size=WORLD * PER_RANK, world_size=world, **options)
     torch.manual_seed(0)
     method = build_method(cfg, 10, "cpu") if cls is None else cls(cfg, model_factory("mnist", 10), 10,
