@@ -1,6 +1,6 @@
 """grl_cuda benchmarks, one command:
 
-    python -m bench [--device cpu|cuda] [--quick] [--out DIR] [--only grl,loss,cross_entropy,linear,e2e]
+    python -m bench [--device cpu|cuda] [--quick] [--out DIR] [--only grl,loss,cross_entropy,linear,e2e,scaling]
 
 Writes DIR/results.json (machine, versions, every raw figure), DIR/results.md
 (tables) and DIR/*.png (plots). All implementations of a table are timed
@@ -21,9 +21,10 @@ import sys
 
 import torch
 
-from . import cross_entropy, e2e, grl, linear, loss
+from . import cross_entropy, e2e, grl, linear, loss, scaling
 
-FAMILIES = {"grl": grl, "loss": loss, "cross_entropy": cross_entropy, "linear": linear, "e2e": e2e}
+FAMILIES = {"grl": grl, "loss": loss, "cross_entropy": cross_entropy, "linear": linear, "e2e": e2e,
+            "scaling": scaling}
 
 
 def machine(device):

@@ -122,6 +122,12 @@ class Config:
     amp: bool = option(False, "bfloat16 autocast (CUDA only)", "run", action="store_true")
     compile: bool = option(False, "torch.compile the networks", "run", action="store_true")
     threads: int = option(None, "torch CPU threads", "run")
+    sync_bn: bool = option(False, "torchrun: BatchNorm (also domain-specific) on the statistics of the whole "
+                           "batch over all processes, not each process's share (no effect in one process)",
+                           "run", defines_run=True, action="store_true")
+    ddp: bool = option(True, "torchrun: average gradients by the explicit all-reduce after the backward even "
+                       "for methods DistributedDataParallel serves (for comparison)", "run", flag="--no-ddp",
+                       action="store_false")
     eval_every: int = option(500, "steps between evaluations on the test splits", "run")
     log_every: int = option(50, "steps between records in metrics.jsonl", "run")
     ckpt_every: int = option(500, "steps between checkpoints", "run")

@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -278,12 +279,17 @@ def _save_task(path, parts):
         arrays[f"{name}_x"] = split.x
         arrays[f"{name}_y"] = split.y
     np.savez_compressed(buf, **arrays)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
+    _write_atomic(path, buf.getvalue())
+    _write_atomic(path + ".sha256", json.dumps({"sha256": _sha256(path), "version": CACHE_VERSION}).encode())
+
+
+def _write_atomic(path, data):
+    """A temp file of its own, then a rename: torchrun's ranks may build the same task at
+    once (a shared temp name let one rank rename away the file another was writing)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path) + ".tmp.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
-    with open(path + ".sha256", "w") as f:
-        json.dump({"sha256": _sha256(path), "version": CACHE_VERSION}, f)
 
 
 def _load_cached(path):

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from grl_cuda.schedules import annealed_lr
 
 from . import config as config_mod
-from . import diagnostics, health, models, runs
+from . import diagnostics, distributed, health, models, runs
 from .config import UserError
 from .data import EpochSampler, LabeledTargetBatch, SourceBatch, TargetBatch, random_shift, task_for, to_tensors
 from .evaluate import WeightAverage, evaluation_weights, final_metrics, test_accuracies
@@ -209,6 +209,7 @@ def setup(cfg):
     if cfg.compile:
         for net in method.networks().values():
             net.compile()
+    distributed.wrap(method, cfg, world)  # --sync-bn, DistributedDataParallel
     per_rank_batch = cfg.batch_size // world
     samplers = {domain: EpochSampler(len(tensors[f"{domain}_train"][1]), per_rank_batch,
                                      cfg.seed * 1000 + 2 * rank + k) for k, domain in ((1, "source"), (2, "target"))}

@@ -75,6 +75,11 @@ def read_checkpoint(path, cfg, *, what="--resume"):
         raise CheckpointError(f"checkpoint {path} is not a grl_cuda checkpoint of version {CHECKPOINT_VERSION} "
                               f"(found {found!r})")
     diff = config_mod.run_differences(ckpt["config"], cfg)
+    if "world_size" in diff:  # refused, not handled: samplers and RNG streams are saved per rank
+        then, now = diff["world_size"]
+        raise CheckpointError(f"checkpoint {path} was written by {then} process(es), this run has {now}: resume "
+                              f"with the same total (torchrun --nnodes x --nproc_per_node = {then}); each rank's "
+                              "data order, augmentation and dropout streams are saved per rank")
     if diff:
         raise CheckpointError(f"checkpoint {path} belongs to a different run ({config_mod.describe(diff)}). "
                               "Use the same options, or another --out.")

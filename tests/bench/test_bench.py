@@ -41,7 +41,7 @@ def test_every_family_is_registered_with_its_contract(tmp_path):
     # adding a benchmark is one module in FAMILIES: each has a title, run and report
     from bench.run import FAMILIES
 
-    assert set(FAMILIES) >= {"grl", "loss", "cross_entropy", "linear", "e2e"}
+    assert set(FAMILIES) >= {"grl", "loss", "cross_entropy", "linear", "e2e", "scaling"}
     for name, family in FAMILIES.items():
         assert family.TITLE and callable(family.run) and callable(family.report), name
 

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # e443322): the checkpoints written since carry exactly these keys.
 FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch", "steps", "batch_size", "lr",
                       "weight_decay", "gamma", "lambda_max", "lr_anneal", "seed", "alpha", "beta", "num_k",
-                      "im_weight", "refresh_every", "world_size", "normalize", "shift", "ema"}
+                      "im_weight", "refresh_every", "world_size", "normalize", "shift", "ema", "sync_bn"}
 
 # Options added since that change existing methods, each with the default that reproduces the
 # runs from before it (a saved config without the key reads as that default: saved_value).
@@ -87,7 +87,7 @@ def test_before_fit_ignores_what_the_loop_settles_and_what_the_method_never_read
 
 def test_options_missing_from_old_saved_configs_take_their_defaults():
     saved = config.run_identity(Config(arch="mnist"))
-    for newer in ("normalize", "shift", "ema"):  # added after the first checkpoints were written
+    for newer in ("normalize", "shift", "ema", "sync_bn"):  # added after the first checkpoints were written
         del saved[newer]
     assert config.same_run(saved, Config(arch="mnist"))
     assert config.run_differences(saved, Config(arch="mnist", ema=0.9)) == {"ema": (0.0, 0.9)}

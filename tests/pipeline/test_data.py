@@ -1,6 +1,7 @@
 """Data builders and loaders: shapes, disjoint splits, determinism, user files."""
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -48,6 +49,27 @@ def test_builders_are_deterministic_and_cache_is_checked(tmp_path):
     assert data._load_cached(str(path)) is None
     c = data.load_task("mnist-mnistm", str(tmp_path / "a"))
     np.testing.assert_array_equal(a.target_test.x, c.target_test.x)
+
+
+def test_two_builders_saving_the_same_task_at_once_both_succeed(tmp_path, monkeypatch):
+    # torchrun's ranks build a missing task at the same time: here a second builder
+    # writes and renames its file in the middle of the first one's save
+    parts = {name: data.Split(np.full((2, 32, 32, 3), i, np.uint8), np.arange(2))
+             for i, name in enumerate(("source_train", "source_test", "target_train", "target_test"))}
+    path = str(tmp_path / "task.npz")
+    real_replace, nested = os.replace, []
+
+    def replace(src, dst):
+        if not nested:
+            nested.append(True)
+            data._save_task(path, parts)  # the other rank, start to end
+        real_replace(src, dst)
+
+    monkeypatch.setattr(data.os, "replace", replace)
+    data._save_task(path, parts)
+    loaded = data._load_cached(path)
+    assert loaded is not None and loaded["target_train"].x[0, 0, 0, 0] == 2
+    assert sorted(os.listdir(tmp_path)) == ["task.npz", "task.npz.sha256"]  # no temp file left behind
 
 
 def test_mnistm_is_absdiff_of_patch_and_digit():

@@ -1,7 +1,8 @@
 """The interface between the training loop and a method."""
 
 import torch
-import torch.distributed as dist
+
+from .. import distributed
 
 
 class Method:
@@ -20,6 +21,12 @@ class Method:
     # None, "also" (reported beside the method's own numbers) or "instead" (SA's target
     # accuracy is the one reported).
     subspace_alignment = None
+    # How data-parallel runs average gradients (pipeline/distributed.py): "ddp" for
+    # methods whose step is one backward of ``losses`` (base train_step), "explicit"
+    # for steps of their own that call ``sync_grads`` after each backward.
+    distribute = "explicit"
+    find_unused_parameters = False  # "ddp" methods whose loss may skip parameters: True
+    ddp = None  # the DistributedDataParallel wrapper, set by distributed.wrap
 
     def __init__(self, cfg, model_factory, num_classes, device):
         self.cfg = cfg
@@ -32,8 +39,32 @@ class Method:
         """One step on a SourceBatch (x, y) and a TargetBatch (x, and index: the batch's
         rows in the target train set, for per-sample state such as pseudo labels;
         LabeledTargetBatch, with y, only for methods with uses_target_labels).
-        ``progress``: steps done / total steps. Returns a dict of scalar tensors."""
+        ``progress``: steps done / total steps. Returns a dict of scalar tensors.
+
+        This one: one backward of ``losses`` and a step of every optimizer (methods
+        with ``distribute = "ddp"``); methods with other steps override it."""
+        loss, logs = self.forward_losses(source, target, progress)
+        for opt in self.optimizers().values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sync_grads([p for net in self.networks().values() for p in net.parameters()])
+        for opt in self.optimizers().values():
+            opt.step()
+        return logs
+
+    def losses(self, source, target, progress):
+        """One-backward methods: (the loss to minimise, a dict of detached scalar tensors
+        for the log). Runs inside DistributedDataParallel's forward in data-parallel runs,
+        so every network call of the step must happen here."""
         raise NotImplementedError
+
+    def forward_losses(self, source, target, progress):
+        """``losses`` through the DDP wrapper when there is one (its reducer then
+        averages the gradients during the backward, and ``sync_grads`` has nothing to do)."""
+        if self.ddp is None:
+            return self.losses(source, target, progress)
+        self._reduced_by_ddp = True
+        return self.ddp(source, target, progress)
 
     def predict(self, x, domain="target"):
         """Class logits for evaluation (eval mode, no grad: the loop sets those).
@@ -71,22 +102,14 @@ class Method:
             net.train(mode)
 
     def sync_grads(self, params):
-        """Data-parallel training: average gradients over ranks before a step
-        (what DistributedDataParallel does; done by hand so that steps with
-        several backward passes and double backward work too)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        """Data-parallel training: averages the gradients of ``params`` over ranks
+        (distributed.reduce_gradients: bucketed all-reduces), unless the backward came
+        from ``forward_losses`` under DDP, whose reducer already did. Call it after each
+        backward, before the optimizer step."""
+        if getattr(self, "_reduced_by_ddp", False):
+            self._reduced_by_ddp = False
             return
-        world = dist.get_world_size()
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        distributed.reduce_gradients(list(params))
 
     def state_dict(self):
         return {

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import mean_over_ranks
 from .base import Method
 
 
@@ -45,10 +46,11 @@ def discrepancy(logits1, logits2):
 
 def information_maximisation(logits):
     """Mean prediction entropy minus the entropy of the mean prediction (minimised:
-    confident and diverse predictions)."""
+    confident and diverse predictions). Data-parallel: the mean prediction is the
+    global batch's (each rank holds an equal share)."""
     p = F.softmax(logits, dim=1)
     entropy = -(p * torch.log(p + 1e-6)).sum(1).mean()
-    mean_p = p.mean(0)
+    mean_p = mean_over_ranks(p.mean(0))
     diversity = -(mean_p * torch.log(mean_p + 1e-6)).sum()
     return entropy - diversity
 
@@ -63,9 +65,11 @@ def entropy_weights(logits):
 def gradient_discrepancy(loss_source, loss_target, params):
     """1 - mean cosine similarity between d(loss_source)/d(params) and
     d(loss_target)/d(params): per tensor, row-wise for matrices. Differentiable
-    (create_graph=True) so that it can train whatever produced the losses' inputs."""
-    g_s = torch.autograd.grad(loss_source, params, create_graph=True)
-    g_t = torch.autograd.grad(loss_target, params, create_graph=True)
+    (create_graph=True) so that it can train whatever produced the losses' inputs.
+    Data-parallel: the cosines are of the global batch's gradients (the ranks' average),
+    not of each rank's."""
+    g_s = [mean_over_ranks(g) for g in torch.autograd.grad(loss_source, params, create_graph=True)]
+    g_t = [mean_over_ranks(g) for g in torch.autograd.grad(loss_target, params, create_graph=True)]
     cosines = []
     for a, b in zip(g_s, g_t):
         if a.dim() >= 2:
@@ -94,6 +98,10 @@ def cluster_pseudo_labels(features, probabilities, rounds=1):
 class CGDM(Method):
     name = "cgdm"
     use_gradient_discrepancy = True
+    # DDP cannot serve this step: three optimiser steps over different parameter sets,
+    # and step C's backward through autograd.grad(create_graph=True) (DDP's reducer
+    # does not support double backward). sync_grads after each backward instead.
+    distribute = "explicit"
 
     def __init__(self, cfg, model_factory, num_classes, device, bottleneck=256, hidden=(256, 256)):
         super().__init__(cfg, model_factory, num_classes, device)

@@ -14,6 +14,7 @@ from .base import Method
 
 class DANN(Method):
     name = "dann"
+    distribute = "ddp"  # one backward per step; every parameter gets a gradient
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
@@ -53,14 +54,6 @@ class DANN(Method):
     def optimizers(self):
         return {"opt": self.opt}
 
-    def train_step(self, source, target, progress):
-        loss, record = self.losses(source, target, progress)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.sync_grads(list(self.model.parameters()) + list(self.head.parameters()))
-        self.opt.step()
-        return record
-
     def losses(self, source, target, progress):
         """(the step's loss, its record for the log): subclasses add their terms to it."""
         xs, ys, xt = source.x, source.y, target.x
@@ -92,9 +85,9 @@ class DANNDomainBN(DANN):
     def build_model(self, model_factory):
         return model_factory(domain_bn=True)
 
-    def train_step(self, source, target, progress):
+    def losses(self, source, target, progress):
         with route_domains(self.model, n_source=source.x.shape[0]):
-            return super().train_step(source, target, progress)
+            return super().losses(source, target, progress)
 
     def predict(self, x, domain="target"):
         with route_domains(self.model, domain=domain):

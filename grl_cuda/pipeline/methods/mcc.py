@@ -36,15 +36,11 @@ class MCC(SourceOnly):
     name = "mcc"
     subspace_alignment = None
 
-    def train_step(self, source, target, progress):
+    def losses(self, source, target, progress):
         xs, ys, xt = source.x, source.y, target.x
         ns = xs.shape[0]
         logits = self.model(torch.cat([xs, xt]))
         label_loss = F.cross_entropy(logits[:ns], ys)
         mcc = class_confusion(logits[ns:], self.cfg.mcc_temperature)
         loss = label_loss + self.cfg.mcc_weight * mcc
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.sync_grads(self.model.parameters())
-        self.opt.step()
-        return {"label_loss": label_loss.detach(), "mcc_loss": mcc.detach()}
+        return loss, {"label_loss": label_loss.detach(), "mcc_loss": mcc.detach()}

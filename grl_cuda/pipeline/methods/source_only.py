@@ -10,6 +10,7 @@ class SourceOnly(Method):
     """Trains the label predictor on labeled source data only."""
 
     name = "source-only"
+    distribute = "ddp"
     subspace_alignment = "also"  # SA rides on every source-only model: it costs seconds
 
     def __init__(self, cfg, model_factory, num_classes, device):
@@ -26,15 +27,10 @@ class SourceOnly(Method):
     def _batch(self, source, target):
         return source.x, source.y
 
-    def train_step(self, source, target, progress):
+    def losses(self, source, target, progress):
         x, y = self._batch(source, target)
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.sync_grads(self.model.parameters())
-        self.opt.step()
-        return {"label_loss": loss.detach()}
+        loss = F.cross_entropy(self.model(x), y)
+        return loss, {"label_loss": loss.detach()}
 
     def predict(self, x, domain="target"):
         return self.model(x)

@@ -97,6 +97,9 @@ class VADA(DANN):
 
 class DIRTT(VADA):
     name = "dirt-t"
+    # The refinement is a step of its own (target batches, a teacher): averaged by hand
+    # after each backward (VADA's first part too, through the base step's sync_grads).
+    distribute = "explicit"
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
