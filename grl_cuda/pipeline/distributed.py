@@ -24,8 +24,9 @@ A method says how it is distributed with its class attribute ``distribute``:
     ``create_graph=True``, then a backward through it: DDP's reducer only averages
     gradients accumulated into ``.grad`` by a first-order backward; pytorch issues
     #47562, wrong gradients with a gradient penalty, and #63812, create_graph under
-    DDP) and MCD/CGDM's three optimiser steps on different parameter subsets per step. After each backward the method calls ``Method.sync_grads`` on
-    the parameters that backward trained; ``reduce_gradients`` averages them with
+    DDP) and MCD/CGDM's three optimiser steps on different parameter subsets per step.
+    After each backward the method calls ``Method.sync_grads`` on the parameters that
+    backward trained; ``reduce_gradients`` averages them with
     asynchronous all-reduces over buckets of at most ``BUCKET_BYTES``, all launched
     before the first is awaited.
 

@@ -138,8 +138,10 @@ def test_two_processes_match_one_on_the_same_global_batch(two_processes, case):
     options, should_match, dtype = CASES[case]
     single = train(options, dtype)
     rank0, rank1 = two_processes[0][case], two_processes[1][case]
-    weights = lambda state: {n: {k: v for k, v in s.items() if "running" not in k and "num_batches" not in k}  # noqa: E731
-                             for n, s in state.items()}
+    def weights(state):
+        return {n: {k: v for k, v in s.items() if "running" not in k and "num_batches" not in k}
+                for n, s in state.items()}
+
     # the weights are the same on every rank (averaged gradients) ...
     assert not differences(weights(rank0), weights(rank1))
     # ... and, with --sync-bn or without BatchNorm, they and the statistics are one process's
