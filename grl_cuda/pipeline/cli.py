@@ -11,7 +11,7 @@ import sys
 
 import torch.distributed as dist
 
-from .config import FIELDS, Config, UserError
+from .config import FIELDS, RECOMMENDED, Config, UserError
 
 GROUPS = {"data": "data", "method": "method and hyper-parameters", "run": "run"}
 
@@ -45,7 +45,8 @@ def add_option(parser, name, **overrides):
     parser.add_argument(flag_of(name), **kwargs)
 
 
-def build_parser():
+def build_parser(recommended=False):
+    """The train command's parser; ``recommended``: its defaults are RECOMMENDED's values."""
     parser = argparse.ArgumentParser(
         prog="python -m grl_cuda.train",
         description="Train a domain-adaptation method (DANN, CGDM, ...) on an embedded task or your own .npz files.",
@@ -54,7 +55,20 @@ def build_parser():
     for name, field in FIELDS.items():
         if field.metadata["group"] is not None:
             add_option(groups[field.metadata["group"]], name)
+    preset = ", ".join(f"{flag_of(k)} {v}" for k, v in RECOMMENDED.items())
+    groups["method"].add_argument("--recommended", action="store_true",
+                                  help=f"the pipeline's recommended configuration: {preset} (flags given beside it win)")
+    if recommended:
+        parser.set_defaults(**RECOMMENDED)
     return parser
+
+
+def parse_config(argv):
+    """A Config from the train command's arguments (--recommended applied first)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = vars(build_parser(recommended="--recommended" in argv).parse_args(argv))
+    args.pop("recommended")
+    return Config(**args)
 
 
 def flags_markdown():
@@ -73,7 +87,7 @@ def flags_markdown():
 def main(argv=None):
     from .loop import fit
 
-    cfg = Config(**vars(build_parser().parse_args(argv)))
+    cfg = parse_config(argv)
     try:
         summary = fit(cfg)
     except (UserError, FileNotFoundError, ValueError) as exc:

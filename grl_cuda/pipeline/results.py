@@ -18,12 +18,14 @@ import sys
 
 from . import data as data_mod
 from .cli import add_option
-from .config import Config, UserError, same_run
+from .config import RECOMMENDED, Config, UserError, same_run
 from .loop import fit
 from .methods import METHODS
 from .runs import CHECKPOINT, finished_config
 
-PAPER_ORDER = ["source-only", "sa", "dann", "dann-dsbn", "mcd", "cgdm", "target-only"]
+PAPER_ORDER = ["source-only", "sa", "dann", "dann-dsbn", "mcd", "cgdm", "recommended", "target-only"]
+# Options every run of the grid gets from the command line (as grl_cuda.train has them).
+PASSED_ON = ("lambda_max", "normalize", "shift", "ema", "input_norm", "arch", "optimizer")
 # Published target accuracies (Ganin & Lempitsky, arXiv v1 Table 1) for the shifts we rebuild.
 PAPER = {
     "mnist-mnistm": {"source-only": 0.5749, "sa": 0.6078, "dann": 0.8149, "target-only": 0.9891},
@@ -37,12 +39,17 @@ def run_dir(out, task, method, seed):
 
 
 def run_one(args, task, method, seed):
+    """One cell's run: ``method``'s, or for the "recommended" row the pipeline's
+    recommended configuration (config.RECOMMENDED over the grid's options)."""
     trained_as = "source-only" if method == "sa" else method
     folder = run_dir(args.out, task, trained_as, seed)
+    options = {name: getattr(args, name) for name in PASSED_ON}
+    if method == "recommended":
+        options.update(RECOMMENDED)
+        trained_as = options.pop("method")
     cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
                  eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
-                 threads=args.threads, device=args.device, lambda_max=args.lambda_max, normalize=args.normalize,
-                 shift=args.shift, ema=args.ema)
+                 threads=args.threads, device=args.device, **options)
     done = finished_config(folder)
     if done is not None and not args.rerun and same_run(done, cfg, before_fit=True):
         with open(os.path.join(folder, "summary.json")) as f:
@@ -97,10 +104,10 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python -m grl_cuda.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="mnist-mnistm", help=f"comma list or 'all' ({', '.join(data_mod.TASKS)})")
-    parser.add_argument("--methods", default="source-only,sa,dann,target-only", help="comma list")
+    parser.add_argument("--methods", default="source-only,sa,dann,target-only", help="comma list; \"recommended\" is the pipeline's recommended configuration (config.RECOMMENDED)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--steps", type=int, default=3000)
-    for name in ("lambda_max", "normalize", "shift", "ema"):  # passed on to every run, as grl_cuda.train has them
+    for name in PASSED_ON:  # passed on to every run, as grl_cuda.train has them
         add_option(parser, name)
     parser.add_argument("--out", default="results")
     for name in ("data_dir", "device", "threads"):
@@ -119,8 +126,8 @@ def grid(args):
         if t not in data_mod.TASKS:
             raise UserError(f"unknown task {t!r}; choose from {', '.join(data_mod.TASKS)}")
     for m in methods:
-        if m not in METHODS:
-            raise UserError(f"unknown method {m!r}; choose from {', '.join(sorted(METHODS))}")
+        if m not in METHODS and m != "recommended":
+            raise UserError(f"unknown method {m!r}; choose from {', '.join(sorted(METHODS))} or recommended")
     return tasks, [m for m in PAPER_ORDER if m in methods] + [m for m in methods if m not in PAPER_ORDER]
 
 

@@ -35,3 +35,20 @@ def test_results_grid_table_and_reuse(tmp_path, data_dir):
     assert results.main([*with_plots, "--methods", "source-only,dann", "--shift", "0", "--lambda-max", "1.0"]) == 0
     assert os.path.getsize(os.path.join(out, "tsne_before_after.png")) > 10_000  # the Figure 4 panels
     assert results.main([*common, "--methods", "nope"]) == 2
+
+
+def test_recommended_row_trains_the_recommended_configuration(tmp_path, monkeypatch):
+    from grl_cuda.pipeline import config, results
+
+    seen = []
+    monkeypatch.setattr(results, "fit", lambda cfg, progress: seen.append(cfg) or {"target_test_acc": 0.5})
+    args = results.build_parser().parse_args(["--out", str(tmp_path), "--input-norm", "none", "--ema", "0"])
+    results.run_one(args, "mnist-mnistm", "recommended", 2)
+    results.run_one(args, "mnist-mnistm", "dann", 2)
+    rec, dann = seen
+    for name, value in config.RECOMMENDED.items():
+        assert getattr(rec, name) == value  # the preset wins over the grid's options
+    assert rec.seed == 2 and rec.out.endswith(os.path.join("mnist-mnistm", "recommended", "seed2"))
+    assert dann.input_norm == "none" and dann.ema == 0 and dann.method == "dann"
+    with pytest.raises(config.UserError, match="recommended"):
+        results.grid(results.build_parser().parse_args(["--methods", "dan"]))

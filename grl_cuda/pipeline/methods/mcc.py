@@ -14,17 +14,20 @@ and the loss is CE(source) + mcc_weight * MCC. The paper: T = 2.5, weight 1.
 import torch
 import torch.nn.functional as F
 
+from ..distributed import mean_over_ranks
 from ..health import prediction_entropy
 from .source_only import SourceOnly
 
 
 def class_confusion(logits, temperature=2.5):
     """MCC's loss on a batch of target logits (module docstring); in [0, (K-1)/K]."""
-    batch, k = logits.shape
+    k = logits.shape[1]
     y = F.softmax(logits / temperature, dim=1)
     w = 1.0 + torch.exp(-prediction_entropy(y).detach())
-    w = batch * w / w.sum()
-    c = (y * w[:, None]).t() @ y
+    # The weights' scaling to sum to B cancels in the column normalisation, so C is
+    # summed over the global batch in data-parallel runs (mean_over_ranks) and the
+    # loss is what one process would compute on the whole batch.
+    c = mean_over_ranks((y * w[:, None]).t() @ y)
     c = c / c.sum(0, keepdim=True)
     return (c.sum() - c.trace()) / k
 
