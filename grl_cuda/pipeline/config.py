@@ -34,11 +34,15 @@ def option(default, help, group, *, defines_run=False, read_by=None, flag=None, 
 class Config:
     # -- data
     task: str = option("mnist-mnistm", "embedded task: {tasks}", "data", defines_run=True)
-    source: str = option(None, "labeled source .npz (x: uint8 N,H,W[,C]; y: int labels); 10%% held out as "
-                         "source test", "data", defines_run=True)
-    target: str = option(None, "target train .npz (its labels are used only by target-only)", "data",
-                         defines_run=True)
+    source: str = option(None, "labeled source .npz (x: uint8 N,H,W[,C] images or float N,D vectors; y: int "
+                         "labels); 10%% held out as source test. Several, comma-separated: multi-source (DANN: "
+                         "K-way domain loss)", "data", defines_run=True)
+    target: str = option(None, "target train .npz (its labels are used only by target-only and --target-labeled)",
+                         "data", defines_run=True)
     target_test: str = option(None, "target test .npz", "data", defines_run=True)
+    target_labeled: int = option(0, "semi-supervised: K labeled target train samples per class (seeded by "
+                                 "--seed, listed in summary.json; never from target test), their label loss added "
+                                 "(source-only, sa, dann, dann-dsbn)", "data", defines_run=True)
     data_dir: str = option(None, "cache folder for embedded tasks (default: $GRL_CUDA_DATA or "
                            "~/.cache/grl_cuda/data)", "data")
     # -- method
@@ -86,6 +90,8 @@ class Config:
     stop_after: int = option(None, argparse.SUPPRESS, "run")  # tests: stop as if interrupted
     # -- set by the loop: the number of data-parallel processes
     world_size: int = option(1, "processes (set from torchrun's WORLD_SIZE)", None, defines_run=True, settled=True)
+    # -- set by the loop from the task: the number of source domains (multi-source when > 1)
+    source_domains: int = option(1, "source domains", None, defines_run=True, settled=True)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -144,6 +150,8 @@ def check(cfg):
         raise UserError("--shift must be >= 0")
     if not 0.0 <= cfg.ema < 1.0:
         raise UserError(f"--ema must be in [0, 1) (0: off; e.g. 0.999), got {cfg.ema}")
+    if cfg.target_labeled < 0:
+        raise UserError(f"--target-labeled must be >= 0, got {cfg.target_labeled}")
     if cfg.amp and cfg.device != "cuda":
         raise UserError("--amp needs --device cuda")
     if cfg.source or cfg.target or cfg.target_test:

@@ -119,15 +119,26 @@ def svhn_net(num_classes=10, domain_bn=False):
 ARCHITECTURES = {"mnist": mnist_net, "svhn": svhn_net}
 
 
-def model_factory(arch, num_classes):
+def model_factory(arch, num_classes, input_shape=None):
     """What methods get to build their networks: ``factory(**options)`` -> a fresh net
-    (options such as ``domain_bn=True`` are the method's to ask for)."""
+    (options such as ``domain_bn=True`` are the method's to ask for). Networks sized by
+    the data (backbones.ARCHITECTURES) also get ``input_shape``, one sample's shape."""
+    if arch in backbones.ARCHITECTURES:
+        return lambda **options: ARCHITECTURES[arch](num_classes, input_shape=input_shape, **options)
     return lambda **options: ARCHITECTURES[arch](num_classes, **options)
 # Architecture by task when --arch is not given (default: mnist).
 DEFAULT_ARCH = {}  # the paper used the SVHN net for Syn Numbers; at 26M parameters it is too slow for 2 CPU cores, so opt in with --arch svhn
 
 
-def domain_head(arch, feature_dim, lambda_=1.0):
-    """The paper's domain classifier for each architecture, reversal fused into its first layer."""
-    hidden = (1024, 1024) if arch == "svhn" else (100,)
+def domain_head(arch, feature_dim, lambda_=1.0, num_domains=2):
+    """The paper's domain classifier for each architecture, reversal fused into its first
+    layer; K-way (backbones.MultiDomainDiscriminator) for ``num_domains`` > 2."""
+    hidden = backbones.DOMAIN_HIDDEN.get(arch, (1024, 1024) if arch == "svhn" else (100,))
+    if num_domains > 2:
+        return backbones.MultiDomainDiscriminator(feature_dim, hidden, num_domains, lambda_=lambda_)
     return DomainDiscriminator(feature_dim, hidden=hidden, fused_grl=True, lambda_=lambda_)
+
+
+from . import backbones  # noqa: E402 - the networks of other settings (they build on DigitNet above)
+
+ARCHITECTURES.update(backbones.ARCHITECTURES)

@@ -17,9 +17,16 @@ FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch
                       "im_weight", "refresh_every", "world_size", "normalize", "shift", "ema"}
 
 
+# Added since, each with a default that is how every earlier run ran (a checkpoint
+# without the key reads as the default: config.saved_value).
+ADDED_RUN_DEFINING = {"target_labeled", "source_domains"}
+
+
 def test_run_identity_is_what_checkpoints_have_always_stored():
-    assert set(config.RUN_DEFINING) == FIRST_RUN_DEFINING
-    assert set(config.run_identity(Config())) == FIRST_RUN_DEFINING
+    assert set(config.RUN_DEFINING) == FIRST_RUN_DEFINING | ADDED_RUN_DEFINING
+    assert set(config.run_identity(Config())) == FIRST_RUN_DEFINING | ADDED_RUN_DEFINING
+    older = {k: v for k, v in config.run_identity(Config()).items() if k in FIRST_RUN_DEFINING}
+    assert config.same_run(older, Config())  # an older checkpoint is still the same run
 
 
 def test_parser_defaults_are_the_dataclass_defaults():

@@ -29,11 +29,12 @@ def get_method(name):
     return METHODS[name]
 
 
-def build_method(cfg, num_classes, device):
-    """``cfg.method`` on fresh networks of ``cfg.arch`` (settled before: see loop.settle)."""
+def build_method(cfg, num_classes, device, input_shape=None):
+    """``cfg.method`` on fresh networks of ``cfg.arch`` (settled before: see loop.settle);
+    ``input_shape``: one sample's shape, for networks sized by the data."""
     if cfg.arch not in models.ARCHITECTURES:
         raise UserError(f"unknown --arch {cfg.arch!r}; choose from: {', '.join(models.ARCHITECTURES)}")
-    return get_method(cfg.method)(cfg, models.model_factory(cfg.arch, num_classes), num_classes,
+    return get_method(cfg.method)(cfg, models.model_factory(cfg.arch, num_classes, input_shape), num_classes,
                                   torch.device(device))
 
 

@@ -16,6 +16,9 @@ class Method:
 
     name = ""
     uses_target_labels = False  # only the target-only upper bound
+    # --target-labeled: the method adds the label loss of the few labeled target rows
+    # that SemiSupervisedTargetBatch carries (others refuse the flag before training)
+    supports_target_labeled = False
     # Subspace Alignment on the trained features at the end (evaluate.final_metrics):
     # None, "also" (reported beside the method's own numbers) or "instead" (SA's target
     # accuracy is the one reported).
@@ -61,6 +64,12 @@ class Method:
         return {}
 
     # -- shared helpers -------------------------------------------------------------------------
+    @staticmethod
+    def labeled_target(target):
+        """(x, y) of the labeled target rows in ``target`` (--target-labeled), or None."""
+        labeled = getattr(target, "labeled", None)
+        return None if labeled is None else (labeled.x, labeled.y)
+
     def set_lr(self, lr):
         for opt in self.optimizers().values():
             for group in opt.param_groups:

@@ -4,7 +4,7 @@ classifier's loss on source and target behind a gradient reversal layer."""
 import torch
 import torch.nn.functional as F
 
-from grl_cuda import domain_bce_with_logits
+from grl_cuda import domain_bce_with_logits, domain_cross_entropy
 from grl_cuda.schedules import dann_lambda
 
 from ..models import domain_head, route_domains
@@ -12,13 +12,19 @@ from .base import Method
 
 
 class DANN(Method):
+    """With --target-labeled, the labeled target rows join the pass as target rows
+    (for the domain loss) and add their own label loss. With S > 1 source domains the
+    domain classifier is K-way (S sources + the target, domain_cross_entropy)."""
+
     name = "dann"
+    supports_target_labeled = True
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
         self.model = self.build_model(model_factory).to(device)
         # The reversal is fused into the domain head's first layer (GradientReversalLinear).
-        self.head = domain_head(cfg.arch, self.model.feature_dim).to(device)
+        self.num_domains = cfg.source_domains + 1
+        self.head = domain_head(cfg.arch, self.model.feature_dim, num_domains=self.num_domains).to(device)
         self.opt = self.sgd(list(self.model.parameters()) + list(self.head.parameters()))
 
     def build_model(self, model_factory):
@@ -34,11 +40,18 @@ class DANN(Method):
         xs, ys, xt = source.x, source.y, target.x
         lam = dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max
         self.head.grl.set_lambda(lam)
-        ns = xs.shape[0]
+        ns, labeled = xs.shape[0], self.labeled_target(target)
         # one pass over both domains (the paper's minibatch: half source, half target)
-        f = self.model.features(torch.cat([xs, xt]))
+        f = self.model.features(torch.cat([xs, xt] if labeled is None else [xs, xt, labeled[0]]))
         label_loss = F.cross_entropy(self.model.classifier(self.model.label_hidden(f[:ns])), ys)
-        domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
+        if labeled is not None:
+            rows = f[ns + xt.shape[0]:]
+            label_loss = label_loss + F.cross_entropy(self.model.classifier(self.model.label_hidden(rows)), labeled[1])
+        if self.num_domains == 2:
+            domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
+        else:  # sources are domains 0..S-1, every target row (labeled or not) is domain S
+            ids = torch.cat([source.domain, source.domain.new_full((f.shape[0] - ns,), self.num_domains - 1)])
+            domain_loss, domain_acc = domain_cross_entropy(self.head(f), ids, return_accuracy=True)
         loss = label_loss + domain_loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
