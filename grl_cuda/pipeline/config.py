@@ -34,12 +34,15 @@ def option(default, help, group, *, defines_run=False, read_by=None, flag=None, 
 class Config:
     # -- data
     task: str = option("mnist-mnistm", "embedded task: {tasks}", "data", defines_run=True)
-    source: str = option(None, "labeled source .npz (x: uint8 N,H,W[,C] images or float N,D vectors; y: int "
-                         "labels); 10%% held out as source test. Several, comma-separated: multi-source (DANN: "
-                         "K-way domain loss)", "data", defines_run=True)
-    target: str = option(None, "target train .npz (its labels are used only by target-only and --target-labeled)",
-                         "data", defines_run=True)
-    target_test: str = option(None, "target test .npz", "data", defines_run=True)
+    source: str = option(None, "labeled source: an .npz (x: uint8 N,H,W[,C] images or float N,D vectors; y: int "
+                         "labels) or an ImageFolder directory (a sub-folder per class); 10%% held out as source "
+                         "test. Several, comma-separated: multi-source (DANN: K-way domain loss)", "data",
+                         defines_run=True)
+    target: str = option(None, "target train .npz or ImageFolder (its labels are used only by target-only and "
+                         "--target-labeled)", "data", defines_run=True)
+    target_test: str = option(None, "target test .npz or ImageFolder", "data", defines_run=True)
+    image_size: int = option(None, "ImageFolder images are resized to this square size (default: 224 with "
+                             "--backbone, else 32)", "data", defines_run=True)
     target_labeled: int = option(0, "semi-supervised: K labeled target train samples per class (seeded by "
                                  "--seed, listed in summary.json; never from target test), their label loss added "
                                  "(source-only, sa, dann, dann-dsbn)", "data", defines_run=True)
@@ -47,8 +50,14 @@ class Config:
                            "~/.cache/grl_cuda/data)", "data")
     # -- method
     method: str = option("dann", "one of: {methods}", "method", defines_run=True)
-    arch: str = option(None, "mnist or svhn (the paper's nets); default: mnist", "method", defines_run=True,
+    arch: str = option(None, "mnist or svhn (the paper's nets), shallow (vectors: the JMLR paper's one hidden "
+                       "layer); default: mnist, shallow for vectors, --backbone's", "method", defines_run=True,
                        settled=True)
+    backbone: str = option(None, "torchvision ResNet with tllib's bottleneck (256) and classifier head, for "
+                           "ImageFolder data; trunk at 0.1x the learning rate when --weights", "method",
+                           defines_run=True, choices=("resnet18", "resnet50"))
+    weights: str = option(None, "local state_dict of the --backbone (e.g. ImageNet's, saved from torchvision); "
+                          "no download at run time", "method", defines_run=True)
     steps: int = option(3000, "training steps", "method", defines_run=True)
     batch_size: int = option(64, "images per domain per step (the paper: 64 + 64)", "method", defines_run=True)
     lr: float = option(0.01, "mu_0 of the annealed learning rate", "method", defines_run=True)
@@ -150,6 +159,12 @@ def check(cfg):
         raise UserError("--shift must be >= 0")
     if not 0.0 <= cfg.ema < 1.0:
         raise UserError(f"--ema must be in [0, 1) (0: off; e.g. 0.999), got {cfg.ema}")
+    if cfg.weights and not cfg.backbone:
+        raise UserError("--weights needs --backbone (resnet18 or resnet50)")
+    if cfg.backbone and cfg.arch and cfg.arch != cfg.backbone:
+        raise UserError(f"--arch {cfg.arch} and --backbone {cfg.backbone} disagree; give --backbone alone")
+    if cfg.image_size is not None and cfg.image_size < 8:
+        raise UserError(f"--image-size must be at least 8, got {cfg.image_size}")
     if cfg.target_labeled < 0:
         raise UserError(f"--target-labeled must be >= 0, got {cfg.target_labeled}")
     if cfg.amp and cfg.device != "cuda":

@@ -1,6 +1,6 @@
 """Data for the training pipeline: embedded domain-adaptation tasks built from
 data that ships inside Python packages (no network), real loaders for users who
-have the datasets, and `.npz` files.
+have the datasets, `.npz` files and ImageFolder directories.
 
 Every image array is uint8 (N, H, W, C), every vector array float32 (N, D) (shallow
 DANN on features); every label array int64 (N,). A task has four disjoint sets:
@@ -425,6 +425,25 @@ def _check_same_kind(named):
         raise UserError("vectors of different widths: " + ", ".join(f"{p}: {w}" for p, (_, w) in kinds.items()))
 
 
+def _check_same_classes(paths):
+    """ImageFolder inputs: one set of class names (they fix the label order), all or none folders."""
+    folders = [p for p in paths if os.path.isdir(p)]
+    if not folders:
+        return
+    for p in paths:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"not found: {p}")
+    if len(folders) != len(paths):
+        raise UserError("--source/--target/--target-test mix ImageFolder directories and .npz files: "
+                        + ", ".join(p for p in paths if p not in folders) + " are not directories")
+    first = image_folder_classes(folders[0])
+    for p in folders[1:]:
+        other = image_folder_classes(p)
+        if other != first:
+            raise UserError(f"class names differ between {folders[0]} and {p}: only in the first "
+                            f"{sorted(set(first) - set(other))}, only in the second {sorted(set(other) - set(first))}")
+
+
 def source_paths(source):
     """--source: one path, or several separated by commas (multi-source)."""
     paths = [p.strip() for p in source.split(",")]
@@ -435,14 +454,20 @@ def source_paths(source):
     return paths
 
 
-def task_from_npz(source, target, target_test, source_test_fraction=0.1, seed=DATA_SEED):
-    """A Task from user files; a seeded `source_test_fraction` of each source is held out.
-    ``source``: one .npz, or several separated by commas (multi-source: each row then
-    carries its source's index in ``Split.domain``)."""
+def task_from_files(source, target, target_test, source_test_fraction=0.1, seed=DATA_SEED, image_size=32):
+    """A Task from user files: .npz files or ImageFolder directories (resized to
+    ``image_size``; every folder must have the same class names, which fix the label
+    order). A seeded `source_test_fraction` of each source is held out. ``source``: one
+    path, or several separated by commas (multi-source: each row then carries its
+    source's index in ``Split.domain``)."""
+    def load(path, what):
+        return load_image_folder(path, image_size) if os.path.isdir(path) else load_npz(path, what)
+
     paths = source_paths(source)
-    sources = [load_npz(p, "source file") for p in paths]
-    tgt = load_npz(target, "target file")
-    tgt_test = load_npz(target_test, "target test file")
+    _check_same_classes([*paths, target, target_test])
+    sources = [load(p, "source file") for p in paths]
+    tgt = load(target, "target file")
+    tgt_test = load(target_test, "target test file")
     _check_same_kind([*zip(paths, sources), (target, tgt), (target_test, tgt_test)])
     trains, tests = [], []
     for i, src in enumerate(sources):
@@ -523,14 +548,36 @@ def mnistm_from_folder(mnist, photo_dir, seed=DATA_SEED):
     return Split(blend_absdiff(mnist.x, patches), mnist.y.copy())
 
 
-def load_image_folder(path):
-    """An ImageFolder directory (one sub-folder per class) -> Split, 32x32 RGB."""
-    import torchvision
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
+
+def image_folder_classes(path):
+    """The class names of an ImageFolder directory: its sub-folders, sorted (label i is the i-th)."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"image folder not found: {path}")
-    ds = torchvision.datasets.ImageFolder(path, transform=lambda im: im.convert("RGB").resize((32, 32)))
-    return from_torchvision(ds)
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
+    if not classes:
+        raise UserError(f"image folder {path} has no class sub-folders (ImageFolder layout: {path}/<class>/<image>)")
+    return classes
+
+
+def load_image_folder(path, size=32):
+    """An ImageFolder directory (one sub-folder per class, torchvision's layout and label
+    order) -> Split of size x size RGB images."""
+    from PIL import Image
+
+    classes = image_folder_classes(path)
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        files = sorted(f for f in glob.glob(os.path.join(path, name, "**", "*"), recursive=True)
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        for f in files:
+            with Image.open(f) as im:
+                xs.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+            ys.append(label)
+    if not xs:
+        raise UserError(f"image folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return Split(np.stack(xs), np.asarray(ys, np.int64))
 
 
 # ---- what the loop trains on -------------------------------------------------------------------
@@ -541,7 +588,8 @@ def task_for(cfg):
     if cfg.source or cfg.target or cfg.target_test:
         if not (cfg.source and cfg.target and cfg.target_test):
             raise UserError("--source, --target and --target-test go together (three .npz files)")
-        task = task_from_npz(cfg.source, cfg.target, cfg.target_test)
+        task = task_from_files(cfg.source, cfg.target, cfg.target_test,
+                               image_size=cfg.image_size or (224 if cfg.backbone else 32))
     else:
         task = load_task(cfg.task, cfg.data_dir)
     return select_target_labeled(task, cfg.target_labeled, cfg.seed)

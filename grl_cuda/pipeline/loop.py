@@ -248,12 +248,11 @@ def restore(run, ckpt):
 def settle(cfg, task):
     """The options the task decides: the architecture when --arch is not given (the
     shallow net for vectors), the number of source domains."""
-    vector_archs = tuple(models.backbones.ARCHITECTURES)
-    cfg.arch = cfg.arch or ("shallow" if task.vectors else models.DEFAULT_ARCH.get(task.name, "mnist"))
-    if task.vectors != (cfg.arch in vector_archs):
+    cfg.arch = cfg.backbone or cfg.arch or ("shallow" if task.vectors else models.DEFAULT_ARCH.get(task.name, "mnist"))
+    if task.vectors != (cfg.arch == "shallow"):
         kind = "vectors" if task.vectors else "images"
         raise UserError(f"--arch {cfg.arch} does not read {kind}; for {kind} use "
-                        f"{' or '.join(vector_archs) if task.vectors else 'mnist or svhn'}")
+                        f"{'shallow' if task.vectors else 'mnist, svhn or --backbone'}")
     cfg.source_domains = task.source_domains
 
 

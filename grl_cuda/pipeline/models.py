@@ -119,12 +119,13 @@ def svhn_net(num_classes=10, domain_bn=False):
 ARCHITECTURES = {"mnist": mnist_net, "svhn": svhn_net}
 
 
-def model_factory(arch, num_classes, input_shape=None):
+def model_factory(arch, num_classes, input_shape=None, weights=None):
     """What methods get to build their networks: ``factory(**options)`` -> a fresh net
     (options such as ``domain_bn=True`` are the method's to ask for). Networks sized by
-    the data (backbones.ARCHITECTURES) also get ``input_shape``, one sample's shape."""
+    the data (backbones.ARCHITECTURES) also get ``input_shape`` (one sample's shape)
+    and ``weights`` (--weights)."""
     if arch in backbones.ARCHITECTURES:
-        return lambda **options: ARCHITECTURES[arch](num_classes, input_shape=input_shape, **options)
+        return lambda **options: ARCHITECTURES[arch](num_classes, input_shape=input_shape, weights=weights, **options)
     return lambda **options: ARCHITECTURES[arch](num_classes, **options)
 # Architecture by task when --arch is not given (default: mnist).
 DEFAULT_ARCH = {}  # the paper used the SVHN net for Syn Numbers; at 26M parameters it is too slow for 2 CPU cores, so opt in with --arch svhn

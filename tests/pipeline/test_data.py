@@ -81,7 +81,7 @@ def test_npz_loader_and_errors(tmp_path):
         data.load_npz(str(tmp_path / "float.npz"))
     with pytest.raises(FileNotFoundError):
         data.load_npz(str(tmp_path / "missing.npz"))
-    task = data.task_from_npz(str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"))
+    task = data.task_from_files(str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"))
     assert len(task.source_train) + len(task.source_test) == 20
 
 

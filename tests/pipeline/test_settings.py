@@ -116,7 +116,7 @@ def test_target_labeled_refused_by_methods_that_ignore_it(tmp_path, files, metho
 # ---- multi-source ------------------------------------------------------------------------------
 
 def test_several_sources_get_domain_ids_and_their_own_held_out_rows(files):
-    task = data.task_from_npz(f"{files['a']},{files['b']}", files["t"], files["tt"])
+    task = data.task_from_files(f"{files['a']},{files['b']}", files["t"], files["tt"])
     assert task.source_domains == 2
     assert np.bincount(task.source_train.domain).tolist() == [36, 27]  # 10% of each held out
     assert np.bincount(task.source_test.domain).tolist() == [4, 3]
@@ -151,9 +151,9 @@ def test_multi_source_dann_uses_the_k_way_loss(tmp_path, files, monkeypatch):
 def test_incompatible_sources_are_refused(tmp_path, files, make, message):
     a, b = make(tmp_path)
     with pytest.raises(UserError, match=message):
-        data.task_from_npz(f"{a},{b}", b, b)
+        data.task_from_files(f"{a},{b}", b, b)
     with pytest.raises(UserError, match="names a file twice"):
-        data.task_from_npz(f"{a},{a}", b, b)
+        data.task_from_files(f"{a},{a}", b, b)
 
 
 # ---- vectors -----------------------------------------------------------------------------------
@@ -203,3 +203,99 @@ def test_cli_runs_multi_source_semi_supervised(tmp_path, files, capsys):
     code = cli_main(["--source", files["a"], "--target", files["t"], "--target-test", files["tt"],
                      "--target-labeled", "50", "--out", str(tmp_path / "bad")])
     assert code == 2 and "larger than class" in capsys.readouterr().err
+
+
+# ---- ImageFolder + a torchvision backbone ------------------------------------------------------
+
+def _image_folder(root, classes=("cat", "dog"), per_class=6, seed=0, shift=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            im = rng.integers(0, 80, (20, 24, 3), dtype=np.uint8) + shift
+            im[:, 4 + 8 * c:8 + 8 * c] = 250  # a class-dependent stripe
+            Image.fromarray(im.astype(np.uint8)).save(root / name / f"{i}.png")
+    return str(root)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    return {"s": _image_folder(tmp_path / "s"), "t": _image_folder(tmp_path / "t", seed=1, shift=100),
+            "tt": _image_folder(tmp_path / "tt", seed=2, shift=100)}
+
+
+def test_backbone_on_image_folders_end_to_end(tmp_path, folders):
+    import torchvision
+
+    weights = tmp_path / "resnet18.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)  # random weights in torchvision's layout
+    out = tmp_path / "office"
+    code = cli_main(["--source", folders["s"], "--target", folders["t"], "--target-test", folders["tt"],
+                     "--backbone", "resnet18", "--weights", str(weights), "--image-size", "32", "--steps", "4",
+                     "--batch-size", "4", "--eval-every", "2", "--no-plots", "--out", str(out), "--threads", "1"])
+    assert code == 0
+    summary = json.load(open(out / "summary.json"))
+    assert summary["config"]["arch"] == "resnet18" and summary["sizes"]["target_test"] == 12
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    trained = ckpt["method"]["networks"]["model"]
+    assert trained["extractor.1.weight"].shape == (256, 512)  # the bottleneck after the trunk
+    groups = ckpt["method"]["optimizers"]["opt"]["param_groups"]
+    assert sorted(g.get("lr_mult", 1.0) for g in groups) == [0.1, 1.0]  # the pretrained trunk learns 10x slower
+    first_conv = torch.load(weights)["conv1.weight"]
+    assert trained["extractor.0.conv1.weight"].shape == first_conv.shape
+
+
+def test_backbone_weights_are_loaded(folders):
+    import torchvision
+
+    from grl_cuda.pipeline import models
+
+    state = torchvision.models.resnet18().state_dict()
+    state["conv1.weight"].fill_(0.5)
+    path = os.path.join(os.path.dirname(folders["s"]), "w.pt")
+    torch.save(state, path)
+    net = models.model_factory("resnet18", 2, (32, 32, 3), path)()
+    assert torch.equal(net.extractor[0].conv1.weight, state["conv1.weight"])
+    torch.save({"not": "weights"}, path)
+    with pytest.raises(UserError, match="holds no state_dict"):
+        models.model_factory("resnet18", 2, (32, 32, 3), path)()
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    with pytest.raises(UserError, match="does not fit resnet18"):
+        models.model_factory("resnet18", 2, (32, 32, 3), path)()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p, f: dict(target=_image_folder(p / "other", classes=("cat", "cow"))), "class names differ"),
+    (lambda p, f: dict(target=str(p / "missing")), "not found"),
+    (lambda p, f: dict(target=_images(p / "t.npz", 10, 0)), "mix ImageFolder directories and .npz"),
+    (lambda p, f: dict(weights=str(p / "none.pt")), "no such file"),
+    (lambda p, f: dict(backbone=None, weights=str(p / "none.pt")), "--weights needs --backbone"),
+    (lambda p, f: dict(target_labeled=7), "larger than class"),
+])
+def test_image_folder_bad_input_is_refused_before_training(tmp_path, folders, change, message):
+    kw = dict(source=folders["s"], target=folders["t"], target_test=folders["tt"], backbone="resnet18",
+              image_size=32, batch_size=4)
+    kw.update(change(tmp_path, folders))
+    cfg = _cfg(tmp_path, **kw)
+    with pytest.raises((UserError, FileNotFoundError), match=message):
+        fit(cfg, progress=False)
+    assert not os.path.exists(os.path.join(cfg.out, "checkpoint.pt"))
+
+
+@pytest.mark.slow
+def test_results_table_has_a_column_per_k(tmp_path, data_dir):
+    from grl_cuda.pipeline import results
+
+    out = str(tmp_path / "grid")
+    assert results.main(["--tasks", "mnist-mnistm", "--seeds", "1", "--steps", "10", "--out", out, "--data-dir",
+                         data_dir, "--no-plots", "--quiet", "--methods", "source-only,dann,target-only",
+                         "--target-labeled", "0,2"]) == 0
+    text = open(os.path.join(out, "results.md")).read()
+    assert "| method | K = 0 | K = 2 |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| target-only |") and "K" not in line)
+    assert row.count("| - |") == 0
+    assert text.splitlines()[-2].startswith("| target-only |") and text.splitlines()[-2].endswith("| - |")
+    assert os.path.exists(os.path.join(out, "runs", "mnist-mnistm", "dann+k2", "seed0", "summary.json"))

@@ -34,8 +34,8 @@ def build_method(cfg, num_classes, device, input_shape=None):
     ``input_shape``: one sample's shape, for networks sized by the data."""
     if cfg.arch not in models.ARCHITECTURES:
         raise UserError(f"unknown --arch {cfg.arch!r}; choose from: {', '.join(models.ARCHITECTURES)}")
-    return get_method(cfg.method)(cfg, models.model_factory(cfg.arch, num_classes, input_shape), num_classes,
-                                  torch.device(device))
+    factory = models.model_factory(cfg.arch, num_classes, input_shape, cfg.weights)
+    return get_method(cfg.method)(cfg, factory, num_classes, torch.device(device))
 
 
 __all__ = ["METHODS", "Method", "build_method", "get_method"]

@@ -118,5 +118,8 @@ class Method:
         pass
 
     def sgd(self, params):
-        """The paper's optimizer: SGD with momentum 0.9 (lr set every step by the loop)."""
-        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
+        """The paper's optimizer: SGD with momentum 0.9 (lr set every step by the loop;
+        a pretrained backbone's parameters in their own group, at lr_mult x lr)."""
+        from ..backbones import param_groups
+
+        return torch.optim.SGD(param_groups(params), lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
