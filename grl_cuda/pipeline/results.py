@@ -45,7 +45,7 @@ def run_one(args, task, method, seed, k=0):
     cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
                  eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
                  threads=args.threads, device=args.device, lambda_max=args.lambda_max, normalize=args.normalize,
-                 shift=args.shift, ema=args.ema, target_labeled=k)
+                 shift=args.shift, ema=args.ema, target_labeled=k, lr=args.lr)
     done = finished_config(folder)
     if done is not None and not args.rerun and same_run(done, cfg, before_fit=True):
         with open(os.path.join(folder, "summary.json")) as f:
@@ -118,7 +118,7 @@ def build_parser():
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--target-labeled", default="0", help="comma list of K (labeled target samples per "
                         "class), e.g. 0,1,5,10; K > 0 runs the methods that support it")
-    for name in ("lambda_max", "normalize", "shift", "ema"):  # passed on to every run, as grl_cuda.train has them
+    for name in ("lr", "lambda_max", "normalize", "shift", "ema"):  # passed on to every run, as grl_cuda.train has them
         add_option(parser, name)
     parser.add_argument("--out", default="results")
     for name in ("data_dir", "device", "threads"):
@@ -187,7 +187,8 @@ def write_report(args, tasks, methods, results, records):
                    "class (the K rows of each seed: `target_labeled_rows` in the run's summary.json)", "",
                    table_by_k(results, task, methods, args.ks), ""]
     sizes = {t: data_mod.TASKS[t][1] for t in tasks}
-    options = {"lambda_max": args.lambda_max, "normalize": args.normalize, "shift": args.shift, "ema": args.ema}
+    options = {"lr": args.lr, "lambda_max": args.lambda_max, "normalize": args.normalize, "shift": args.shift,
+               "ema": args.ema}
     md += ["Data: " + "; ".join(f"`{t}`: {d}" for t, d in sizes.items()), "",
            "Options: " + ", ".join(f"{k} = {v}" for k, v in options.items()) + " (other options: the defaults)", ""]
     text = "\n".join(md)
