@@ -31,7 +31,7 @@ def shallow_net(num_classes, input_shape, weights=None, hidden=50, domain_bn=Fal
     if weights:
         raise UserError("--weights loads a pretrained --backbone; the shallow net trains from scratch")
     if len(input_shape) != 1:
-        raise ValueError(f"the shallow net reads vectors (N, D), got inputs of shape (N, {', '.join(map(str, input_shape))})")
+        raise UserError(f"the shallow net reads vectors (N, D), got samples of shape {tuple(input_shape)}")
     extractor = nn.Sequential(nn.Linear(input_shape[0], hidden), nn.Sigmoid())
     return DigitNet(extractor, hidden, (), num_classes)
 

@@ -215,7 +215,8 @@ def setup(cfg):
     samplers = {domain: EpochSampler(len(tensors[f"{domain}_train"][1]), per_rank_batch,
                                      cfg.seed * 1000 + 2 * rank + k) for k, domain in ((1, "source"), (2, "target"))}
     if "target_labeled" in tensors:  # every rank draws from all K-per-class rows, its own order
-        samplers["labeled"] = EpochSampler(len(tensors["target_labeled"][1]), min(per_rank_batch, len(tensors["target_labeled"][1])),
+        n_labeled = len(tensors["target_labeled"][1])
+        samplers["labeled"] = EpochSampler(n_labeled, min(per_rank_batch, n_labeled),
                                            cfg.seed * 1000 + 2 * rank + 1_000_003)
     torch.manual_seed(cfg.seed * 7919 + rank)  # dropout streams differ per rank
     os.makedirs(cfg.out, exist_ok=True)

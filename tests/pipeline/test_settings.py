@@ -299,3 +299,9 @@ def test_results_table_has_a_column_per_k(tmp_path, data_dir):
     assert row.count("| - |") == 0
     assert text.splitlines()[-2].startswith("| target-only |") and text.splitlines()[-2].endswith("| - |")
     assert os.path.exists(os.path.join(out, "runs", "mnist-mnistm", "dann+k2", "seed0", "summary.json"))
+
+
+def test_image_size_without_image_folders_is_refused(tmp_path, files):
+    cfg = _cfg(tmp_path, source=files["a"], target=files["t"], target_test=files["tt"], image_size=64)
+    with pytest.raises(UserError, match="--image-size resizes ImageFolder directories"):
+        fit(cfg, progress=False)
