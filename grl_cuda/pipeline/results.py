@@ -6,6 +6,9 @@ gap each method covers: (method - source only) / (target only - source only).
 
 Finished runs (their summary.json) are reused, so an interrupted grid continues
 where it stopped. `sa` is computed on the source-only run of the same seed.
+`--target-labeled 0,1,5,10` adds the semi-supervised setting: each method that
+supports it runs with K labeled target samples per class, and a second table has a
+column per K.
 Writes results.md, results.json and tsne_before_after.png (source-only vs DANN
 features, seed 0) to --out.
 """
@@ -25,7 +28,7 @@ from .runs import CHECKPOINT, finished_config
 
 PAPER_ORDER = ["source-only", "sa", "dann", "dann-dsbn", "mcd", "cgdm", "recommended", "target-only"]
 # Options every run of the grid gets from the command line (as grl_cuda.train has them).
-PASSED_ON = ("lambda_max", "normalize", "shift", "ema", "input_norm", "arch", "optimizer")
+PASSED_ON = ("lr", "lambda_max", "normalize", "shift", "ema", "input_norm", "arch", "optimizer")
 # Published target accuracies (Ganin & Lempitsky, arXiv v1 Table 1) for the shifts we rebuild.
 PAPER = {
     "mnist-mnistm": {"source-only": 0.5749, "sa": 0.6078, "dann": 0.8149, "target-only": 0.9891},
@@ -34,22 +37,23 @@ PAPER = {
 }
 
 
-def run_dir(out, task, method, seed):
-    return os.path.join(out, "runs", task, method, f"seed{seed}")
+def run_dir(out, task, method, seed, k=0):
+    return os.path.join(out, "runs", task, f"{method}+k{k}" if k else method, f"seed{seed}")
 
 
-def run_one(args, task, method, seed):
-    """One cell's run: ``method``'s, or for the "recommended" row the pipeline's
-    recommended configuration (config.RECOMMENDED over the grid's options)."""
+def run_one(args, task, method, seed, k=0):
+    """One cell's run: ``method``'s with K = ``k`` labeled target samples per class, or
+    for the "recommended" row the pipeline's recommended configuration
+    (config.RECOMMENDED over the grid's options)."""
     trained_as = "source-only" if method == "sa" else method
-    folder = run_dir(args.out, task, trained_as, seed)
+    folder = run_dir(args.out, task, trained_as, seed, k)
     options = {name: getattr(args, name) for name in PASSED_ON}
     if method == "recommended":
         options.update(RECOMMENDED)
         trained_as = options.pop("method")
     cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
                  eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
-                 threads=args.threads, device=args.device, **options)
+                 threads=args.threads, device=args.device, target_labeled=k, **options)
     done = finished_config(folder)
     if done is not None and not args.rerun and same_run(done, cfg, before_fit=True):
         with open(os.path.join(folder, "summary.json")) as f:
@@ -100,6 +104,19 @@ def table(results, tasks, methods, seeds):
     return "\n".join(lines)
 
 
+def table_by_k(results_k, task, methods, ks):
+    """Semi-supervised: a row per method, a column per K (labeled target samples per class)."""
+    lines = ["| method | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for k in ks:
+            values = results_k.get(k, {}).get(task, {}).get(method, [])
+            mean, std = mean_std(values)
+            cells.append("-" if mean is None else f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m grl_cuda.results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +124,8 @@ def build_parser():
     parser.add_argument("--methods", default="source-only,sa,dann,target-only", help="comma list; \"recommended\" is the pipeline's recommended configuration (config.RECOMMENDED)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--target-labeled", default="0", help="comma list of K (labeled target samples per "
+                        "class), e.g. 0,1,5,10; K > 0 runs the methods that support it")
     for name in PASSED_ON:  # passed on to every run, as grl_cuda.train has them
         add_option(parser, name)
     parser.add_argument("--out", default="results")
@@ -121,6 +140,12 @@ def build_parser():
 def grid(args):
     """(tasks, methods in the paper's order) asked for; UserError names an unknown one."""
     tasks = list(data_mod.TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
+    try:
+        args.ks = sorted({int(k) for k in args.target_labeled.split(",")})
+    except ValueError:
+        raise UserError(f"--target-labeled {args.target_labeled!r}: a comma list of integers, e.g. 0,1,5,10") from None
+    if args.ks[0] < 0:
+        raise UserError(f"--target-labeled {args.target_labeled!r}: K must be >= 0")
     methods = [m.strip() for m in args.methods.split(",")]
     for t in tasks:
         if t not in data_mod.TASKS:
@@ -132,23 +157,30 @@ def grid(args):
 
 
 def run_grid(args, tasks, methods):
-    """({task: {method: [accuracy per seed]}}, one record a run); None if interrupted."""
-    results = {t: {} for t in tasks}
+    """({K: {task: {method: [accuracy per seed]}}}, one record a run); None if interrupted."""
+    results = {k: {t: {} for t in tasks} for k in args.ks}
     records = []
     for task in tasks:
         for seed in range(args.seeds):
-            for method in methods:
-                summary = run_one(args, task, method, seed)
-                if summary.get("interrupted"):
-                    return None, None
-                acc = accuracy_of(summary, method)
-                results[task].setdefault(method, []).append(acc)
-                records.append({"task": task, "method": method, "seed": seed, "target_test_acc": acc,
-                                "source_test_acc": summary["source_test_acc"],
-                                "proxy_a_distance": summary.get("proxy_a_distance"),
-                                "sa_components": summary["sa"]["components"] if method == "sa" else None,
-                                "train_seconds": summary.get("train_seconds")})
+            for k in args.ks:
+                for method in methods:
+                    trained_as = {"sa": "source-only", "recommended": RECOMMENDED["method"]}.get(method, method)
+                    if k and not METHODS[trained_as].supports_target_labeled:
+                        continue
+                    summary = run_one(args, task, method, seed, k)
+                    if summary.get("interrupted"):
+                        return None, None
+                    acc = accuracy_of(summary, method)
+                    results[k][task].setdefault(method, []).append(acc)
+                    records.append(_record(task, method, seed, k, acc, summary))
     return results, records
+
+
+def _record(task, method, seed, k, acc, summary):
+    return {"task": task, "method": method, "seed": seed, "target_labeled": k, "target_test_acc": acc,
+            "source_test_acc": summary["source_test_acc"], "proxy_a_distance": summary.get("proxy_a_distance"),
+            "sa_components": summary["sa"]["components"] if method == "sa" else None,
+            "train_seconds": summary.get("train_seconds")}
 
 
 def write_report(args, tasks, methods, results, records):
@@ -157,16 +189,23 @@ def write_report(args, tasks, methods, results, records):
     md = [f"# Target test accuracy, {spread}, {args.steps} steps",
           "", "In brackets: gap covered = (method - source only) / (target only - source only); "
           "[paper]: Ganin & Lempitsky, arXiv v1 Table 1, where the paper has that shift.", "",
-          table(results, tasks, methods, args.seeds), ""]
+          table(results[0] if 0 in results else {t: {} for t in tasks}, tasks, methods, args.seeds), ""]
+    if args.ks != [0]:
+        for task in tasks:
+            md += [f"## Semi-supervised, `{task}`: target test accuracy with K labeled target train samples per "
+                   "class (the K rows of each seed: `target_labeled_rows` in the run's summary.json)", "",
+                   table_by_k(results, task, methods, args.ks), ""]
     sizes = {t: data_mod.TASKS[t][1] for t in tasks}
-    options = {"lambda_max": args.lambda_max, "normalize": args.normalize, "shift": args.shift, "ema": args.ema}
+    options = {"lr": args.lr, "lambda_max": args.lambda_max, "normalize": args.normalize, "shift": args.shift,
+               "ema": args.ema}
     md += ["Data: " + "; ".join(f"`{t}`: {d}" for t, d in sizes.items()), "",
            "Options: " + ", ".join(f"{k} = {v}" for k, v in options.items()) + " (other options: the defaults)", ""]
     text = "\n".join(md)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"steps": args.steps, "seeds": args.seeds, "options": options, "runs": records}, f, indent=2)
+        json.dump({"steps": args.steps, "seeds": args.seeds, "target_labeled": args.ks, "options": options,
+                   "runs": records}, f, indent=2)
     return text
 
 
@@ -184,7 +223,7 @@ def main(argv=None):
         return 130
     text = write_report(args, tasks, methods, results, records)
     adapted = [m for m in ("dann", "dann-dsbn") if m in methods]
-    if not args.no_plots and "source-only" in methods and adapted:
+    if not args.no_plots and "source-only" in methods and adapted and 0 in args.ks:
         tsne_before_after(args, tasks[0], ["source-only", *adapted])
     print(text)
     return 0

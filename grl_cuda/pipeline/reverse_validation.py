@@ -45,7 +45,8 @@ def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True
              "target_test": (task.source_test.x, task.source_test.y)}
     reverse_cfg = dataclasses.replace(
         cfg, **{name: os.path.join(folder, f"{name}.npz") for name in files}, out=folder,
-        steps=steps or cfg.steps, threads=threads or cfg.threads, resume=False, plots=False, stop_after=None)
+        steps=steps or cfg.steps, threads=threads or cfg.threads, resume=False, plots=False, stop_after=None,
+        target_labeled=0)  # the reverse target is the source: no labels of it are read
     summary_path = os.path.join(folder, "summary.json")
     summary = None
     done = finished_config(folder)

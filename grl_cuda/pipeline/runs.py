@@ -140,7 +140,7 @@ def load_run(out, data_dir=None):
         cfg.data_dir = data_dir
     ckpt = read_checkpoint(os.path.join(out, CHECKPOINT), cfg, what=out)
     task = data_mod.task_for(cfg)
-    method = build_method(cfg, task.num_classes, torch.device("cpu"))
+    method = build_method(cfg, task.num_classes, torch.device("cpu"), task.image_shape)
     method.load_state_dict(ckpt["method"])
     if ckpt.get("average"):  # --ema: the averaged weights are the ones that were evaluated
         for name, net in method.networks().items():

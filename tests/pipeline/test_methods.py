@@ -19,7 +19,7 @@ from grl_cuda.pipeline.methods.source_only import SourceOnly, TargetOnly
 def test_target_batches_have_no_labels():
     assert "y" not in {f.name for f in dataclasses.fields(TargetBatch)}
     assert not hasattr(TargetBatch(torch.zeros(1)), "y")
-    assert {f.name for f in dataclasses.fields(SourceBatch)} == {"x", "y"}
+    assert {f.name for f in dataclasses.fields(SourceBatch)} == {"x", "y", "domain"}  # domain: multi-source ids
     with pytest.raises(dataclasses.FrozenInstanceError):
         TargetBatch(torch.zeros(1)).y = torch.zeros(1)
 

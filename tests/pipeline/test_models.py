@@ -76,7 +76,7 @@ def test_mnist_bn_net_has_batchnorm_after_every_conv_and_hidden_layer():
 @pytest.mark.parametrize("arch", ["mnist", "mnist-bn", "svhn"])
 def test_instance_normalised_inputs_ignore_each_images_brightness_and_contrast(arch):
     torch.manual_seed(0)
-    net = models.model_factory(arch, 10, "instance")().eval()
+    net = models.model_factory(arch, 10, input_norm="instance")().eval()
     plain = models.model_factory(arch, 10)().eval()
     x = torch.rand(3, 3, 32, 32)
     # a different positive gain and offset per image and channel

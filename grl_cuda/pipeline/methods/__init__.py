@@ -37,12 +37,13 @@ def get_method(name):
     return METHODS[name]
 
 
-def build_method(cfg, num_classes, device):
-    """``cfg.method`` on fresh networks of ``cfg.arch`` (settled before: see loop.settle)."""
+def build_method(cfg, num_classes, device, input_shape=None):
+    """``cfg.method`` on fresh networks of ``cfg.arch`` (settled before: see loop.settle);
+    ``input_shape``: one sample's shape, for networks sized by the data."""
     if cfg.arch not in models.ARCHITECTURES:
         raise UserError(f"unknown --arch {cfg.arch!r}; choose from: {', '.join(models.ARCHITECTURES)}")
-    return get_method(cfg.method)(cfg, models.model_factory(cfg.arch, num_classes, cfg.input_norm), num_classes,
-                                  torch.device(device))
+    factory = models.model_factory(cfg.arch, num_classes, input_shape, cfg.weights, cfg.input_norm)
+    return get_method(cfg.method)(cfg, factory, num_classes, torch.device(device))
 
 
 __all__ = ["METHODS", "Method", "build_method", "get_method"]

@@ -17,6 +17,9 @@ class Method:
 
     name = ""
     uses_target_labels = False  # only the target-only upper bound
+    # --target-labeled: the method adds the label loss of the few labeled target rows
+    # that SemiSupervisedTargetBatch carries (others refuse the flag before training)
+    supports_target_labeled = False
     # Subspace Alignment on the trained features at the end (evaluate.final_metrics):
     # None, "also" (reported beside the method's own numbers) or "instead" (SA's target
     # accuracy is the one reported).
@@ -92,6 +95,12 @@ class Method:
         return {}
 
     # -- shared helpers -------------------------------------------------------------------------
+    @staticmethod
+    def labeled_target(target):
+        """(x, y) of the labeled target rows in ``target`` (--target-labeled), or None."""
+        labeled = getattr(target, "labeled", None)
+        return None if labeled is None else (labeled.x, labeled.y)
+
     def set_lr(self, lr):
         for opt in self.optimizers().values():
             for group in opt.param_groups:
@@ -133,7 +142,11 @@ class Method:
 
     def make_optimizer(self, params):
         """--optimizer over ``params`` (lr set every step by the loop): the paper's SGD with
-        momentum 0.9, or Adam (what most public re-implementations of DANN use)."""
+        momentum 0.9, or Adam (what most public re-implementations of DANN use). A
+        pretrained backbone's parameters go in their own group, at lr_mult x lr."""
+        from ..backbones import param_groups
+
+        groups = param_groups(params)
         if self.cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
+            return torch.optim.Adam(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)

@@ -75,6 +75,8 @@ def conditioning_map(kind, feature_dim, num_classes, random_dim=1024):
 
 class CDAN(DANN):
     name = "cdan"
+    supports_target_labeled = False  # its losses read no labeled target rows
+    k_way_domains = False  # a binary domain loss: several sources are pooled into one domain
     entropy_conditioning = False
 
     def build_head(self):

@@ -4,7 +4,7 @@ classifier's loss on source and target behind a gradient reversal layer."""
 import torch
 import torch.nn.functional as F
 
-from grl_cuda import domain_bce_with_logits
+from grl_cuda import domain_bce_with_logits, domain_cross_entropy
 from grl_cuda.schedules import dann_lambda
 
 from ..config import disc_hidden
@@ -13,13 +13,22 @@ from .base import Method
 
 
 class DANN(Method):
+    """With --target-labeled, the labeled target rows join the pass as target rows
+    (for the domain loss) and add their own label loss. With S > 1 source domains the
+    domain classifier is K-way (S sources + the target, domain_cross_entropy)."""
+
     name = "dann"
     distribute = "ddp"  # one backward per step; every parameter gets a gradient
+    supports_target_labeled = True
+    # Several source domains: a K-way domain classifier (S sources + the target). Subclasses
+    # whose losses are binary set it False: their sources are pooled into one domain.
+    k_way_domains = True
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
         self.model = self.build_model(model_factory).to(device)
         # The reversal is fused into the domain head's first layer (GradientReversalLinear).
+        self.num_domains = cfg.source_domains + 1 if self.k_way_domains else 2
         self.head = self.build_head().to(device)
         self.opt = self.make_optimizer(list(self.model.parameters()) + list(self.head.parameters()))
 
@@ -29,7 +38,8 @@ class DANN(Method):
     def build_head(self):
         """The domain classifier (subclasses that feed it something else than the
         extractor's features, e.g. CDAN, change its input width here)."""
-        return domain_head(self.cfg.arch, self.model.feature_dim, hidden=disc_hidden(self.cfg))
+        return domain_head(self.cfg.arch, self.model.feature_dim, hidden=disc_hidden(self.cfg),
+                           num_domains=self.num_domains)
 
     def features_of_both(self, xs, xt):
         """The extractor's features of the source rows, then the target rows. --passes
@@ -59,10 +69,18 @@ class DANN(Method):
         xs, ys, xt = source.x, source.y, target.x
         lam = self.reversal_lambda(progress)
         self.head.grl.set_lambda(lam)
-        ns = xs.shape[0]
-        f = self.features_of_both(xs, xt)
+        ns, labeled = xs.shape[0], self.labeled_target(target)
+        # labeled target rows (--target-labeled) are target rows for the domain loss
+        f = self.features_of_both(xs, xt if labeled is None else torch.cat([xt, labeled[0]]))
         label_loss = F.cross_entropy(self.model.classifier(self.model.label_hidden(f[:ns])), ys)
-        domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
+        if labeled is not None:
+            rows = f[ns + xt.shape[0]:]
+            label_loss = label_loss + F.cross_entropy(self.model.classifier(self.model.label_hidden(rows)), labeled[1])
+        if self.num_domains == 2:
+            domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
+        else:  # sources are domains 0..S-1, every target row (labeled or not) is domain S
+            ids = torch.cat([source.domain, source.domain.new_full((f.shape[0] - ns,), self.num_domains - 1)])
+            domain_loss, domain_acc = domain_cross_entropy(self.head(f), ids, return_accuracy=True)
         return label_loss + domain_loss, {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
                                           "domain_acc": domain_acc, "lambda": torch.tensor(lam)}
 

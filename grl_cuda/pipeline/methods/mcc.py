@@ -37,6 +37,7 @@ class MCC(SourceOnly):
     the network in the same pass as the source batch."""
 
     name = "mcc"
+    supports_target_labeled = False  # its losses read no labeled target rows
     subspace_alignment = None
 
     def losses(self, source, target, progress):

@@ -1,6 +1,7 @@
 """The bounds of the paper's tables: source only (lower), train on target (upper),
 and Subspace Alignment on the source-only model's features."""
 
+import torch
 import torch.nn.functional as F
 
 from .base import Method
@@ -12,6 +13,7 @@ class SourceOnly(Method):
     name = "source-only"
     distribute = "ddp"
     subspace_alignment = "also"  # SA rides on every source-only model: it costs seconds
+    supports_target_labeled = True  # with --target-labeled: the "source + few target labels" baseline
 
     def __init__(self, cfg, model_factory, num_classes, device):
         super().__init__(cfg, model_factory, num_classes, device)
@@ -29,7 +31,12 @@ class SourceOnly(Method):
 
     def losses(self, source, target, progress):
         x, y = self._batch(source, target)
-        loss = F.cross_entropy(self.model(x), y)
+        labeled = None if self.uses_target_labels else self.labeled_target(target)
+        if labeled is None:
+            loss = F.cross_entropy(self.model(x), y)
+        else:  # one forward; each domain's rows averaged on their own, as DANN does
+            logits = self.model(torch.cat([x, labeled[0]]))
+            loss = F.cross_entropy(logits[:len(y)], y) + F.cross_entropy(logits[len(y):], labeled[1])
         return loss, {"label_loss": loss.detach()}
 
     def predict(self, x, domain="target"):
@@ -44,6 +51,7 @@ class TargetOnly(SourceOnly):
 
     name = "target-only"
     uses_target_labels = True  # the loop hands it LabeledTargetBatch
+    supports_target_labeled = False  # it reads every target train label already
     subspace_alignment = None
 
     def _batch(self, source, target):

@@ -72,6 +72,8 @@ def vat_loss(predict, x, logits, eps, xi):
 
 class VADA(DANN):
     name = "vada"
+    supports_target_labeled = False  # its losses read no labeled target rows
+    k_way_domains = False  # a binary domain loss: several sources are pooled into one domain
 
     def reversal_lambda(self, progress):
         return self.cfg.vada_lambda_d
