@@ -19,7 +19,7 @@ FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch
 
 # Added since, each with a default that is how every earlier run ran (a checkpoint
 # without the key reads as the default: config.saved_value).
-ADDED_RUN_DEFINING = {"target_labeled", "source_domains"}
+ADDED_RUN_DEFINING = {"target_labeled", "source_domains", "image_size", "backbone", "weights"}
 
 
 def test_run_identity_is_what_checkpoints_have_always_stored():
