@@ -591,8 +591,6 @@ def load_image_folder(path, size=32):
 def task_for(cfg):
     """The task a run's options name (three .npz files, or an embedded task), with
     --target-labeled's labeled target rows chosen."""
-    if cfg.image_size and not (cfg.target and os.path.isdir(cfg.target)):
-        raise UserError("--image-size resizes ImageFolder directories; .npz images and embedded tasks are 32x32")
     if cfg.source or cfg.target or cfg.target_test:
         if not (cfg.source and cfg.target and cfg.target_test):
             raise UserError("--source, --target and --target-test go together (three .npz files)")
@@ -600,6 +598,8 @@ def task_for(cfg):
                                image_size=cfg.image_size or (224 if cfg.backbone else 32))
     else:
         task = load_task(cfg.task, cfg.data_dir)
+    if cfg.image_size and not os.path.isdir(cfg.target or ""):
+        raise UserError("--image-size resizes ImageFolder directories; .npz images and embedded tasks are 32x32")
     return select_target_labeled(task, cfg.target_labeled, cfg.seed)
 
 
