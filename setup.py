@@ -80,8 +80,8 @@ def local_label(config):
 
 
 def cpu_isa_paths():
-    """The CPU code paths compiled in: csrc/cpu/kernels_cpu.cpp adds an AVX2 + FMA copy
-    of the fused loss's float loop on x86-64 (chosen at run time by CPUID)."""
+    """The CPU code paths compiled in: csrc/cpu/bce_avx2.cpp adds an AVX2 + FMA (+ F16C)
+    copy of the fused losses' loops on x86-64 (chosen at run time by CPUID)."""
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64"):
         return ["baseline", "avx2+fma"]
