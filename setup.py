@@ -201,7 +201,8 @@ def write_build_config(config):
 def extensions(config):
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = ["csrc/ops.cpp", "csrc/bindings.cpp", "csrc/cpu/kernels_cpu.cpp", "csrc/cpu/bce_avx2.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/bindings.cpp", "csrc/cpu/kernels_cpu.cpp", "csrc/cpu/bce_avx2.cpp",
+               "csrc/cpu/reverse_avx2.cpp"]
     # -fno-trapping-math lets the compiler if-convert (and so vectorise) the loss
     # loop's selects; it changes no result, only assumes FP exceptions do not trap.
     # -g0: no debug info (Python's default flags add -g), a third less compile time and a smaller wheel.

@@ -3,7 +3,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/mul.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -27,6 +26,10 @@ namespace grl_cuda {
   void cross_entropy_rows_avx2(const scalar_t* z, const int64_t* ids, int64_t k, int64_t row_begin,                 \
                                int64_t row_end, scalar_t* grad, scalar_t* loss_out, float* work, double& loss_sum,  \
                                int64_t& hits, int64_t& id_min, int64_t& id_max);
+// reverse_avx2.cpp: the reversal's loop
+void neg_scale_span_avx2(const float* in, float* out, int64_t n, float nl);
+void neg_scale_span_avx2(const c10::Half* in, c10::Half* out, int64_t n, float nl);
+void neg_scale_span_avx2(const c10::BFloat16* in, c10::BFloat16* out, int64_t n, float nl);
 GRL_AVX2_DECLARE(float)
 GRL_AVX2_DECLARE(c10::Half)
 GRL_AVX2_DECLARE(c10::BFloat16)
@@ -87,6 +90,18 @@ void cross_entropy_rows_dispatch(const scalar_t* z, const int64_t* ids, int64_t 
                                               id_min, id_max);
 }
 
+// out[i] = -lambda * in[i]; out may be in.
+template <typename scalar_t, typename opmath_t>
+void neg_scale_span_dispatch(const scalar_t* in, scalar_t* out, int64_t n, opmath_t l) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if constexpr (kHasAvx2Loop<scalar_t>) {
+    // the same single product as math::reverse: x * (-lambda)
+    if (use_avx2()) return neg_scale_span_avx2(in, out, n, -l);
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(math::reverse<opmath_t>(static_cast<opmath_t>(in[i]), l));
+}
+
 // Adds the per-chunk partials in chunk order and writes the 0-dim outputs.
 template <typename scalar_t>
 void write_totals(const std::vector<double>& loss_partial, const std::vector<int64_t>& hit_partial, double loss_scale,
@@ -116,22 +131,13 @@ void neg_scale_kernel_cpu(const at::Tensor& src, const Lambda& lambda, const at:
   const int64_t n = src.numel();
   if (n == 0) return;
   const double lam = read_host_lambda(lambda);
-  if (src.scalar_type() == at::kHalf || src.scalar_type() == at::kBFloat16) {
-    // 16-bit: ATen's CPU kernel converts half/bfloat16 with vector instructions that a
-    // portable loop cannot reach (ours ran 4-7x slower); it computes the same single
-    // float product and rounding, so results are bitwise those of math::reverse.
-    at::mul_out(const_cast<at::Tensor&>(dst), src, at::Scalar(-lam));
-    return;
-  }
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "neg_scale_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "neg_scale_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const opmath_t l = static_cast<opmath_t>(lam);
     const scalar_t* in = src.const_data_ptr<scalar_t>();
     scalar_t* out = dst.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        out[i] = static_cast<scalar_t>(math::reverse<opmath_t>(static_cast<opmath_t>(in[i]), l));
-      }
+      neg_scale_span_dispatch<scalar_t, opmath_t>(in + begin, out + begin, end - begin, l);
     });
   });
 }

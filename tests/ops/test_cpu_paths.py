@@ -96,6 +96,7 @@ def test_baseline_isa_path_matches():
             "for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):\n"
             "    for rows, k in t.CE_SHAPES: t.check_cross_entropy(rows, k, dtype)\n"
             "    for n, s in t.BCE_CASES: t.check_bce(n, s, dtype)\n"
+            "    for n in t.REVERSAL_SIZES: t.check_reversal(n, dtype)\n"
             "import grl_cuda\nassert grl_cuda._C.cpu_loop_isa() == 'baseline'\nprint('ok')\n")
     env = dict(os.environ, GRL_CUDA_CPU_ISA="baseline", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -109,3 +110,39 @@ def test_cpu_loop_isa_is_reported():
         assert isa == "baseline"
     else:
         assert isa in ("avx2+fma", "baseline")
+
+
+def check_reversal(n, dtype, lam=0.75, seed=0):  # lam exact in float32: the lambda tensor is float32
+    # one product in float (the op math type of 16-bit), rounded once: bitwise what
+    # ATen's mul gives, in place (the stolen-gradient case) and into a fresh output
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, generator=g) * 3).to(dtype)
+    x[::7] = float("nan") if n > 7 else x[::7]
+    expected = (x.to(torch.float64 if dtype == torch.float64 else torch.float32) * -lam).to(dtype)
+    out = torch.ops.grl_cuda.neg_scale(x, torch.tensor(lam))
+    assert torch.equal(out[~out.isnan()], expected[~expected.isnan()]) and torch.equal(out.isnan(), expected.isnan())
+    torch.ops.grl_cuda.neg_scale_(x, torch.tensor(lam))
+    assert torch.equal(x.isnan(), expected.isnan()) and torch.equal(x[~x.isnan()], expected[~expected.isnan()])
+
+
+# tails of the 8- and 16-wide vector loops and of the 32-wide unrolled one; several threads' spans
+REVERSAL_SIZES = [1, 7, 8, 15, 16, 17, 31, 33, 1000, 32768 * 3 + 5]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("n", REVERSAL_SIZES)
+def test_reversal_vector_tails(dtype, n):
+    check_reversal(n, dtype)
+
+
+def test_reversal_16bit_rounding_edges():
+    # values whose product lands exactly between two 16-bit neighbours (ties to even),
+    # overflows to inf, or underflows to subnormals and zero
+    for dtype in (torch.float16, torch.bfloat16):
+        info = torch.finfo(dtype)
+        x = torch.tensor([1.0, 1 + info.eps / 2, 1 + 1.5 * info.eps, info.max, info.tiny, info.tiny / 4,
+                          float("inf"), -float("inf"), 0.0, -0.0] * 3, dtype=torch.float32)
+        for lam in (1.0, 1.0 + 2 ** -9, 3.0, 1e-3):
+            xs = x.to(dtype)
+            expected = (xs.float() * -lam).to(dtype)
+            assert torch.equal(torch.ops.grl_cuda.neg_scale(xs, torch.tensor(lam)), expected), (dtype, lam)
