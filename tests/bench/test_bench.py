@@ -63,3 +63,25 @@ def test_quick_run_of_every_family_writes_its_report(tmp_path):
     text = (tmp_path / "results.md").read_text()
     for name, family in FAMILIES.items():
         assert results[name] and family.TITLE in text, name
+
+
+def test_optional_peers_are_checked_before_timing(monkeypatch):
+    import torch
+
+    # identical numbers pass, a wrong scale or a non-identity forward is caught
+    assert peers.same_numbers(peers.layers(0.7)["grl_cuda"], 0.7)
+    assert not peers.same_numbers(peers.layers(0.5)["grl_cuda"], 0.7)
+    assert not peers.same_numbers(lambda x: peers.Tllib.apply(x, 0.7) * 2, 0.7)
+    # an absent package gets a note, one with other numbers is left out with a note
+    monkeypatch.setattr(peers, "OPTIONAL", {
+        "absent": ("no_such_module_grl", lambda mod, lam: None),
+        "wrong": ("torch", lambda mod, lam: lambda x: peers.FungtionDANN.apply(x, 2 * lam)),
+        "right": ("torch", lambda mod, lam: lambda x: peers.FungtionDANN.apply(x, lam)),
+    })
+    found, notes = peers.optional_layers(0.7)
+    assert list(found) == ["right"]
+    assert any(n.startswith("absent: not installed") for n in notes)
+    assert any(n.startswith("wrong: skipped") for n in notes)
+    x = torch.ones(3, requires_grad=True)
+    found["right"](x).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.7))
