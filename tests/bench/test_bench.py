@@ -35,6 +35,19 @@ def test_quick_run_writes_results(tmp_path):
 def test_bad_arguments_fail_clearly(tmp_path, capsys):
     assert main(["--only", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown families" in capsys.readouterr().err
+    assert main(["--only", "gpu", "--cpu-time", "--out", str(tmp_path)]) == 2  # without --threads 1
+    assert "--cpu-time needs" in capsys.readouterr().err
+
+
+def test_cpu_time_clock(tmp_path):
+    from bench import harness
+
+    assert main(["--only", "gpu", "--quick", "--cpu-time", "--threads", "1", "--out", str(tmp_path)]) == 0
+    try:
+        assert harness.CPU_TIMER is __import__("time").thread_time
+        assert "calling thread's CPU time" in (tmp_path / "results.md").read_text()
+    finally:
+        harness.CPU_TIMER = __import__("time").perf_counter
 
 
 def test_every_family_is_registered_with_its_contract(tmp_path):
