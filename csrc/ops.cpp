@@ -4,6 +4,7 @@
 #include "ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
@@ -85,7 +86,16 @@ Lambda resolve_lambda(const at::Tensor& lambda, const at::Tensor& like) {
   if (lambda.device().is_cpu()) {
     // CPU memory: reading it is not a device synchronisation. (NaN/inf in a
     // tensor lambda is not checked: checking a device tensor would need a sync.)
-    out.host = lambda.to(at::kDouble).const_data_ptr<double>()[0];  // one element, CPU: no sync
+    // one element in CPU memory: read in place (no conversion tensor per call);
+    // rarer floating types (float8) through a conversion
+    const auto dtype = lambda.scalar_type();
+    if (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "grl_cuda_lambda", [&] {
+        out.host = static_cast<double>(lambda.const_data_ptr<scalar_t>()[0]);
+      });
+    } else {
+      out.host = lambda.to(at::kDouble).const_data_ptr<double>()[0];
+    }
   } else {
     const auto opmath = at::toOpMathType(like.scalar_type());
     out.device = lambda.scalar_type() == opmath ? lambda : lambda.to(opmath);
