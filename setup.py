@@ -80,8 +80,8 @@ def local_label(config):
 
 
 def cpu_isa_paths():
-    """The CPU code paths compiled in: csrc/cpu/kernels_cpu.cpp adds an AVX2 + FMA copy
-    of the fused loss's float loop on x86-64 (chosen at run time by CPUID)."""
+    """The CPU code paths compiled in: csrc/cpu/bce_avx2.cpp adds an AVX2 + FMA (+ F16C)
+    copy of the fused losses' loops on x86-64 (chosen at run time by CPUID)."""
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64"):
         return ["baseline", "avx2+fma"]
@@ -201,7 +201,8 @@ def write_build_config(config):
 def extensions(config):
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = ["csrc/ops.cpp", "csrc/bindings.cpp", "csrc/cpu/kernels_cpu.cpp", "csrc/cpu/bce_avx2.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/bindings.cpp", "csrc/cpu/kernels_cpu.cpp", "csrc/cpu/bce_avx2.cpp",
+               "csrc/cpu/reverse_avx2.cpp"]
     # -fno-trapping-math lets the compiler if-convert (and so vectorise) the loss
     # loop's selects; it changes no result, only assumes FP exceptions do not trap.
     # -g0: no debug info (Python's default flags add -g), a third less compile time and a smaller wheel.

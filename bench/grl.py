@@ -28,6 +28,7 @@ LAMBDA = 0.7
 
 def _layers(device, w_for_compile=None):
     out = dict(peers.layers(LAMBDA))
+    out.update(peers.optional_layers(LAMBDA)[0])
     out["no layer (baseline)"] = lambda x: x
     return out
 
@@ -112,6 +113,8 @@ def overhead(device, quick):
         cases = {
             "grl_cuda": layers["grl_cuda"],
             "Python autograd.Function (best pure)": layers["best pure PyTorch"],
+            "pytorch-adapt": layers["pytorch-adapt"],
+            **peers.optional_layers(LAMBDA)[0],
             "bare aten op (x.mul(-lambda))": lambda t: t.mul(-LAMBDA),
         }
         full = {}
@@ -156,7 +159,8 @@ def run(device, quick):
     rows = time_sizes(device, torch.float32, sizes32, quick)
     for dtype in (torch.bfloat16, torch.float16):
         rows += time_sizes(device, dtype, half_sizes, quick)
-    return {"timing": rows, "overhead": overhead(device, quick), "memory": memory(device, quick)}
+    return {"timing": rows, "overhead": overhead(device, quick), "memory": memory(device, quick),
+            "peer_notes": peers.optional_layers(LAMBDA)[1]}
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -181,6 +185,9 @@ def _tables(res):
             lines.append(f"| {impl} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
+    notes = res.get("peer_notes") or []
+    if notes:
+        out.append("Published peers not in these tables: " + "; ".join(notes) + ".")
     out.append(table("GRL forward+backward, float32 (median; graph x -> layer -> * w -> sum)", "full"))
     out.append(table("Backward alone, float32 (out.backward() of the same graph)", "bwd"))
     out.append(table("Forward alone, float32", "fwd"))

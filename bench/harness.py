@@ -3,7 +3,9 @@
 Implementations are timed interleaved (each repeat runs every implementation
 once, in rotating order) so that the host's drifting bandwidth hits them alike;
 we report medians with the 20th and 80th percentiles. CPU: time.perf_counter
-around synchronous calls; CUDA: CUDA events after an L2 flush.
+around synchronous calls (or, with `python -m bench --cpu-time --threads 1`, the
+calling thread's CPU time, which other processes' load does not inflate: for a
+shared machine); CUDA: CUDA events after an L2 flush.
 """
 
 import gc
@@ -11,6 +13,10 @@ import statistics
 import time
 
 import torch
+
+# The CPU clock; bench/run.py sets it to time.thread_time for --cpu-time (one torch
+# thread: all the work then runs on, and is counted for, the calling thread).
+CPU_TIMER = time.perf_counter
 
 
 def percentiles(samples):
@@ -43,9 +49,9 @@ class Clock:
                 torch.cuda.synchronize()
                 total += start.elapsed_time(end) / 1e3
             else:
-                t0 = time.perf_counter()
+                t0 = CPU_TIMER()
                 fn(state) if setup is not None else fn()
-                total += time.perf_counter() - t0
+                total += CPU_TIMER() - t0
             del state
         return total / inner
 

@@ -76,3 +76,42 @@ def layers(lam=1.0):
         "pytorch-adapt": lambda x: PytorchAdapt.apply(x, adapt_weight),
         "best pure PyTorch": lambda x: reference.grad_reverse(x, lam),
     }
+
+
+# The published packages themselves, imported when installed (`pip install .[peers]`):
+# name -> (module, how to build its layer). Each is checked for identical numbers
+# before it is timed (optional_layers). skada pulls scikit-learn, POT, pandas and
+# skorch, so it stays optional: CI does not install it.
+OPTIONAL = {
+    "torch-gradient-reversal": ("gradient_reversal", lambda mod, lam: lambda x: mod.gradient_reversal(x, lam)),
+    "skada": ("skada.deep.modules", lambda mod, lam: lambda x: mod.GradientReversalLayer.apply(x, lam)),
+}
+
+
+def same_numbers(layer, lam, dtype=torch.float32):
+    """Whether `layer` is the identity forward and gives -lam * grad backward, bitwise, on
+    a probe (the reference's numbers: one product, as grl_cuda)."""
+    x = (torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 3).to(dtype).requires_grad_()
+    w = torch.randn(1000, generator=torch.Generator().manual_seed(1)).to(dtype)
+    y = layer(x)
+    (y * w).sum().backward()
+    return torch.equal(y.detach(), x.detach()) and torch.equal(x.grad, w * -lam)
+
+
+def optional_layers(lam=1.0):
+    """({name: callable(x) -> y}, [notes]): the published packages that are installed and
+    give identical numbers; a note for each one absent or different (it is then not timed)."""
+    import importlib
+
+    found, notes = {}, []
+    for name, (module, build) in OPTIONAL.items():
+        try:
+            layer = build(importlib.import_module(module), lam)
+        except ImportError as e:
+            notes.append(f"{name}: not installed ({e.__class__.__name__}: {e}); `pip install .[peers]` adds it")
+            continue
+        if not same_numbers(layer, lam):
+            notes.append(f"{name}: skipped, its gradient differs from -lambda * grad on the probe")
+            continue
+        found[name] = layer
+    return found, notes

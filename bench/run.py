@@ -1,6 +1,6 @@
 """grl_cuda benchmarks, one command:
 
-    python -m bench [--device cpu|cuda] [--quick] [--out DIR] [--only grl,loss,cross_entropy,linear,e2e,scaling]
+    python -m bench [--device cpu|cuda] [--quick] [--out DIR] [--only grl,loss,cross_entropy,linear,e2e,gpu,scaling]
 
 Writes DIR/results.json (machine, versions, every raw figure), DIR/results.md
 (tables) and DIR/*.png (plots). All implementations of a table are timed
@@ -18,12 +18,14 @@ import json
 import os
 import platform
 import sys
+import time
 
 import torch
 
-from . import cross_entropy, e2e, grl, linear, loss, scaling
+from . import harness
+from . import cross_entropy, e2e, gpu, grl, linear, loss, scaling
 
-FAMILIES = {"grl": grl, "loss": loss, "cross_entropy": cross_entropy, "linear": linear, "e2e": e2e,
+FAMILIES = {"grl": grl, "loss": loss, "cross_entropy": cross_entropy, "linear": linear, "e2e": e2e, "gpu": gpu,
             "scaling": scaling}
 
 
@@ -36,6 +38,7 @@ def machine(device):
 
         info["grl_cuda"] = grl_cuda.__version__
         info["grl_cuda_build"] = grl_cuda.build_info()
+        info["grl_cuda_cpu_loops"] = grl_cuda._C.cpu_loop_isa()
     except ImportError:
         pass
     try:
@@ -58,7 +61,14 @@ def main(argv=None):
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--only", default=",".join(FAMILIES), help=f"comma list of: {', '.join(FAMILIES)}")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="CPU: time the calling thread's CPU time instead of wall time (needs --threads 1); "
+                             "other processes' load then does not inflate the figures")
     args = parser.parse_args(argv)
+    if args.cpu_time and (args.threads != 1 or args.device != "cpu"):
+        print("python -m bench: error: --cpu-time needs --device cpu and --threads 1 (other threads' work would "
+              "not be counted)", file=sys.stderr)
+        return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("python -m bench: error: --device cuda but no CUDA GPU is available", file=sys.stderr)
         return 2
@@ -69,13 +79,17 @@ def main(argv=None):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        harness.CPU_TIMER = time.thread_time
     os.makedirs(args.out, exist_ok=True)
-    results = {"machine": machine(args.device), "quick": args.quick}
+    results = {"machine": machine(args.device), "quick": args.quick, "cpu_time": args.cpu_time}
     md = ["# grl_cuda benchmarks", "",
           f"Machine: {results['machine'].get('cpu')} ({results['machine']['threads']} threads), "
-          f"{results['machine'].get('gpu', 'no GPU used')}; torch {torch.__version__}; "
+          f"{results['machine'].get('gpu', 'no GPU used')}; grl_cuda CPU loops "
+          f"{results['machine'].get('grl_cuda_cpu_loops', '?')}; torch {torch.__version__}; "
           f"{results['machine']['date']}. Command: `python -m bench {' '.join(argv or sys.argv[1:])}`.", "",
-          "Medians of interleaved repeats; this machine is noisy, so read ratios within one table.", ""]
+          "Medians of interleaved repeats; this machine is noisy, so read ratios within one table."
+          + (" Times are the calling thread's CPU time (--cpu-time), not wall time." if args.cpu_time else ""), ""]
     plots = []
     for name in only:
         family = FAMILIES[name]

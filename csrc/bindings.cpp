@@ -61,5 +61,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "use_counts", [](const at::Tensor& t) { return std::make_pair(t.use_count(), t.storage().use_count()); },
       "(tensor references, storage references) as C++ sees them from here; for tests and diagnosis");
+  m.def("cpu_loop_isa", &grl_cuda::cpu_loop_isa,
+        "the instruction set of the CPU loss loops in use: 'avx2+fma' or 'baseline' (GRL_CUDA_CPU_ISA=baseline forces it)");
   m.def("cuda_compiled", &cuda_compiled, "whether the CUDA kernels were compiled into this build");
 }

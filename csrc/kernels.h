@@ -5,6 +5,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <utility>
+
 namespace grl_cuda {
 
 // The reversal's scale factor: `host` times, when `device` is defined, the value
@@ -15,6 +17,10 @@ struct Lambda {
   double host = 1.0;
   at::Tensor device;
 };
+
+// The instruction set of the CPU loss loops this process runs: "avx2+fma" or
+// "baseline" (chosen once, from CPUID and the GRL_CUDA_CPU_ISA=baseline override).
+const char* cpu_loop_isa();
 
 // dst[i] = -lambda * src[i] over the dense memory of src. dst may alias src.
 void neg_scale_kernel_cpu(const at::Tensor& src, const Lambda& lambda, const at::Tensor& dst);
@@ -42,9 +48,12 @@ void domain_bce_kernel_cpu(const at::Tensor& logits, const DomainBceArgs& args, 
 // its domain id in `domains` (N,), int64. Writes grad (N, K), per-row losses into
 // `loss_elems` (N,) when defined, and, when defined, the 0-dim `loss` (sum times
 // loss_scale) and `accuracy` (fraction of rows whose argmax is their domain).
-void domain_cross_entropy_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains, double loss_scale,
-                            const at::Tensor& grad, const at::Tensor& loss_elems, const at::Tensor& loss,
-                            const at::Tensor& accuracy);
+// The CPU loop also returns the ids' (min, max), so the op layer can refuse ids
+// outside [0, K) without a pass of its own (rows with such ids come out NaN).
+std::pair<int64_t, int64_t> domain_cross_entropy_kernel_cpu(const at::Tensor& logits, const at::Tensor& domains,
+                                                            double loss_scale, const at::Tensor& grad,
+                                                            const at::Tensor& loss_elems, const at::Tensor& loss,
+                                                            const at::Tensor& accuracy);
 
 #ifdef GRL_WITH_CUDA
 void neg_scale_kernel_cuda(const at::Tensor& src, const Lambda& lambda, const at::Tensor& dst);

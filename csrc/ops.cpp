@@ -4,6 +4,7 @@
 #include "ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
@@ -85,7 +86,16 @@ Lambda resolve_lambda(const at::Tensor& lambda, const at::Tensor& like) {
   if (lambda.device().is_cpu()) {
     // CPU memory: reading it is not a device synchronisation. (NaN/inf in a
     // tensor lambda is not checked: checking a device tensor would need a sync.)
-    out.host = lambda.to(at::kDouble).const_data_ptr<double>()[0];  // one element, CPU: no sync
+    // one element in CPU memory: read in place (no conversion tensor per call);
+    // rarer floating types (float8) through a conversion
+    const auto dtype = lambda.scalar_type();
+    if (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "grl_cuda_lambda", [&] {
+        out.host = static_cast<double>(lambda.const_data_ptr<scalar_t>()[0]);
+      });
+    } else {
+      out.host = lambda.to(at::kDouble).const_data_ptr<double>()[0];
+    }
   } else {
     const auto opmath = at::toOpMathType(like.scalar_type());
     out.device = lambda.scalar_type() == opmath ? lambda : lambda.to(opmath);
@@ -197,15 +207,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_cross_entropy(const at::Te
   TORCH_CHECK_VALUE(reduction == "mean" || reduction == "sum" || reduction == "none",
                     "grl_cuda: reduction must be 'mean', 'sum' or 'none', got '", reduction, "'.");
   const int64_t num_domains = logits.size(1);
-  if (!on_cuda(domains)) {
-    // An id outside [0, K) would read past its row: refuse it (one pass over the
-    // ids, no sync on the CPU). On CUDA the kernel asserts instead: a host check
-    // there would synchronise every step.
-    const auto [lo_t, hi_t] = at::aminmax(domains);
-    const int64_t lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>();
-    TORCH_CHECK_VALUE(0 <= lo && hi < num_domains, "grl_cuda: domains must be ids in [0, K) = [0, ", num_domains,
-                      ") for logits with K = ", num_domains, " columns, got ids in [", lo, ", ", hi, "].");
-  }
   const at::Tensor z = logits.contiguous();
   const at::Tensor ids = domains.contiguous();
   const int64_t rows = z.size(0);
@@ -222,7 +223,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> domain_cross_entropy(const at::Te
     domain_cross_entropy_kernel_cuda(z, ids, loss_scale, grad, loss_elems, loss_total, accuracy);
 #endif
   } else {
-    domain_cross_entropy_kernel_cpu(z, ids, loss_scale, grad, loss_elems, loss_total, accuracy);
+    // An id outside [0, K) is refused (its row came out NaN, nothing was read past
+    // it). On CUDA the kernel asserts instead: a host check there would synchronise.
+    const auto [lo, hi] = domain_cross_entropy_kernel_cpu(z, ids, loss_scale, grad, loss_elems, loss_total, accuracy);
+    TORCH_CHECK_VALUE(0 <= lo && hi < num_domains, "grl_cuda: domains must be ids in [0, K) = [0, ", num_domains,
+                      ") for logits with K = ", num_domains, " columns, got ids in [", lo, ", ", hi, "].");
   }
   return {loss, grad, accuracy};
 }

@@ -13,14 +13,14 @@ import sys
 
 
 def cpu_has_avx2_fma():
-    """Whether this CPU has AVX2 and FMA, the test the compiled core makes (CPUID) before
+    """Whether this CPU has AVX2, FMA and F16C, the test the compiled core makes (CPUID) before
     taking its AVX2 path. /proc/cpuinfo where there is one, else torch's own dispatch level."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return "avx2" in flags and "fma" in flags
+                    return "avx2" in flags and "fma" in flags and "f16c" in flags
     except OSError:
         pass
     import torch

@@ -35,6 +35,19 @@ def test_quick_run_writes_results(tmp_path):
 def test_bad_arguments_fail_clearly(tmp_path, capsys):
     assert main(["--only", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown families" in capsys.readouterr().err
+    assert main(["--only", "gpu", "--cpu-time", "--out", str(tmp_path)]) == 2  # without --threads 1
+    assert "--cpu-time needs" in capsys.readouterr().err
+
+
+def test_cpu_time_clock(tmp_path):
+    from bench import harness
+
+    assert main(["--only", "gpu", "--quick", "--cpu-time", "--threads", "1", "--out", str(tmp_path)]) == 0
+    try:
+        assert harness.CPU_TIMER is __import__("time").thread_time
+        assert "calling thread's CPU time" in (tmp_path / "results.md").read_text()
+    finally:
+        harness.CPU_TIMER = __import__("time").perf_counter
 
 
 def test_every_family_is_registered_with_its_contract(tmp_path):
@@ -63,3 +76,25 @@ def test_quick_run_of_every_family_writes_its_report(tmp_path):
     text = (tmp_path / "results.md").read_text()
     for name, family in FAMILIES.items():
         assert results[name] and family.TITLE in text, name
+
+
+def test_optional_peers_are_checked_before_timing(monkeypatch):
+    import torch
+
+    # identical numbers pass, a wrong scale or a non-identity forward is caught
+    assert peers.same_numbers(peers.layers(0.7)["grl_cuda"], 0.7)
+    assert not peers.same_numbers(peers.layers(0.5)["grl_cuda"], 0.7)
+    assert not peers.same_numbers(lambda x: peers.Tllib.apply(x, 0.7) * 2, 0.7)
+    # an absent package gets a note, one with other numbers is left out with a note
+    monkeypatch.setattr(peers, "OPTIONAL", {
+        "absent": ("no_such_module_grl", lambda mod, lam: None),
+        "wrong": ("torch", lambda mod, lam: lambda x: peers.FungtionDANN.apply(x, 2 * lam)),
+        "right": ("torch", lambda mod, lam: lambda x: peers.FungtionDANN.apply(x, lam)),
+    })
+    found, notes = peers.optional_layers(0.7)
+    assert list(found) == ["right"]
+    assert any(n.startswith("absent: not installed") for n in notes)
+    assert any(n.startswith("wrong: skipped") for n in notes)
+    x = torch.ones(3, requires_grad=True)
+    found["right"](x).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.7))
