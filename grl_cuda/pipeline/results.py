@@ -49,8 +49,11 @@ def run_one(args, task, method, seed, k=0):
     folder = run_dir(args.out, task, trained_as, seed, k)
     options = {name: getattr(args, name) for name in PASSED_ON}
     if method == "recommended":
-        options.update(RECOMMENDED)
-        trained_as = options.pop("method")
+        preset = {k: v for k, v in RECOMMENDED.items() if k != "method"}
+        trained_as = RECOMMENDED["method"]
+        if all(options[k] == v for k, v in preset.items()):  # the grid's own options: the same run as its row
+            folder = run_dir(args.out, task, trained_as, seed, k)
+        options.update(preset)
     cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
                  eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
                  threads=args.threads, device=args.device, target_labeled=k, **options)

@@ -50,5 +50,11 @@ def test_recommended_row_trains_the_recommended_configuration(tmp_path, monkeypa
         assert getattr(rec, name) == value  # the preset wins over the grid's options
     assert rec.seed == 2 and rec.out.endswith(os.path.join("mnist-mnistm", "recommended", "seed2"))
     assert dann.input_norm == "none" and dann.ema == 0 and dann.method == "dann"
+    from grl_cuda.pipeline.cli import flag_of
+
+    preset = [a for k, v in config.RECOMMENDED.items() if k != "method" for a in (flag_of(k), str(v))]
+    same = results.build_parser().parse_args(["--out", str(tmp_path), *preset])  # the grid runs the preset
+    results.run_one(same, "mnist-mnistm", "recommended", 0)
+    assert seen[-1].out == results.run_dir(str(tmp_path), "mnist-mnistm", config.RECOMMENDED["method"], 0)
     with pytest.raises(config.UserError, match="recommended"):
         results.grid(results.build_parser().parse_args(["--methods", "dan"]))
