@@ -129,7 +129,7 @@ class Config:
                            defines_run=True, read_by=VADA_FAMILY)
     dirtt_start: float = option(0.5, "DIRT-T: fraction of --steps trained as VADA before the refinement", "method",
                                 defines_run=True, read_by=("dirt-t",))
-    dirtt_beta: float = option(0.01, "DIRT-T: weight of the KL to the teacher (relative to --vada-lambda-t)",
+    dirtt_beta: float = option(0.01, "DIRT-T: weight of the KL to the teacher (beside --vada-lambda-t on the target terms)",
                                "method", defines_run=True, read_by=("dirt-t",))
     dirtt_refresh: int = option(500, "DIRT-T: steps between teacher refreshes during the refinement", "method",
                                 defines_run=True, read_by=("dirt-t",))

@@ -118,8 +118,10 @@ def plot_curves(records, path, title=""):
     import matplotlib.pyplot as plt
 
     # (title, keys, record kinds, line style) of each panel
-    panels = (("losses", ("label_loss", "domain_loss", "discrepancy", "gradient_discrepancy"), ("train",), {}),
-              ("domain classifier accuracy and lambda", ("domain_acc", "lambda", "pseudo_label_acc"),
+    panels = (("losses", ("label_loss", "domain_loss", "discrepancy", "gradient_discrepancy", "mcc_loss",
+                          "target_cond_entropy", "vat_source", "vat_target", "teacher_kl"), ("train",), {}),
+              ("domain accuracy, lambda, target entropies / log K",
+               ("domain_acc", "lambda", "pseudo_label_acc", "target_entropy", "target_marginal_entropy"),
                ("train", "refresh"), {}),
               ("test accuracy", ("source_test_acc", "target_test_acc"), ("eval",), {"marker": "o"}))
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))

@@ -357,6 +357,9 @@ def finish(run):
         print(f"{cfg.method} on {run.task.name} (seed {cfg.seed}, {cfg.steps} steps, {elapsed:.0f}s): "
               f"source test acc {summary['source_test_acc']:.4f}, target test acc {summary['target_test_acc']:.4f}, "
               f"proxy A-distance {summary['proxy_a_distance']:.2f}")
+        for flag, seen in summary["collapse"]["flags"].items():
+            print(f"collapse warning {flag}: steps {seen['first']}-{seen['last']} (see metrics.jsonl 'warning')",
+                  file=sys.stderr)
     if run.distributed:
         dist.barrier()
     return summary

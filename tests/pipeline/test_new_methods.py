@@ -207,6 +207,20 @@ def test_dirt_t_refreshes_its_teacher_from_the_model():
     assert not m.teacher.training and not any(p.requires_grad for p in m.teacher.parameters())
 
 
+def test_dirt_t_weighs_the_teacher_kl_as_the_paper_relative_to_the_target_terms():
+    # the paper's digit weights lambda_t = beta = 1e-2: the KL counts as much as entropy + VAT
+    # (a first version weighted it 100 times less, and the refinement collapsed onto one class)
+    m = _method("dirt-t", dirtt_start=0.0)
+    cfg = m.cfg
+    assert cfg.vada_lambda_t == cfg.dirtt_beta == 0.01
+    source, target = _batches()
+    m.train_step(source, target, 0.0)  # moves the model away from its teacher (the initial copy)
+    r = m.train_step(source, target, 0.1)
+    assert r["teacher_kl"] > 0
+    expected = 0.5 * (r["target_cond_entropy"] + r["vat_target"]) + 0.5 * r["teacher_kl"]
+    assert torch.allclose(r["refinement_loss"], expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("options, flag", [(dict(cdan_map="outer"), "--cdan-map"),
                                            (dict(dirtt_start=1.0), "--dirtt-start"),
                                            (dict(mcc_temperature=0.0), "--mcc-temperature"),

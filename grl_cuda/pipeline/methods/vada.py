@@ -24,10 +24,14 @@ DIRT-T (``dirt-t``, one resumable run): VADA for the first ``--dirtt-start`` of 
 steps, then refinement on the target alone: H(target) + VAT(target) +
 beta * KL(teacher(x) || model(x)), the teacher a frozen copy of the model
 refreshed every ``--dirtt-refresh`` steps (the paper's approximate natural
-gradient: each phase stays close to the previous model's predictions). The paper
-weights the target terms by lambda_t; we drop that overall factor in the
-refinement, where it scales every term (Adam, the paper's optimizer, does not
-see it; SGD would take steps lambda_t times smaller), and weight the KL by beta.
+gradient: each phase stays close to the previous model's predictions). The
+paper's refinement loss is lambda_t * (H + VAT) + beta * KL; we divide it by
+lambda_t + beta (Adam, the paper's optimizer, does not see an overall factor;
+SGD would otherwise take steps ~50 times smaller at the digit weights). The
+ratio beta / lambda_t (1 at the paper's digit weights) is what keeps the
+refinement from collapsing: a first version weighted the KL by beta against
+unweighted target terms (1/100 of the paper's ratio), and within 50 steps every
+target prediction fell on one class (docs/methods.md).
 """
 
 import copy
@@ -132,9 +136,15 @@ class DIRTT(VADA):
         with torch.no_grad():
             teacher_p = F.softmax(self.teacher(xt), dim=1)
         kl = soft_cross_entropy(teacher_p, logits) - prediction_entropy(teacher_p).mean()
-        loss = entropy + vat_t + self.cfg.dirtt_beta * kl
+        loss = refinement_loss(entropy, vat_t, kl, self.cfg.vada_lambda_t, self.cfg.dirtt_beta)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.sync_grads(list(self.model.parameters()))
         self.opt.step()
-        return {"target_cond_entropy": entropy.detach(), "vat_target": vat_t.detach(), "teacher_kl": kl.detach()}
+        return {"target_cond_entropy": entropy.detach(), "vat_target": vat_t.detach(), "teacher_kl": kl.detach(),
+                "refinement_loss": loss.detach()}
+
+
+def refinement_loss(entropy, vat_target, teacher_kl, lambda_t, beta):
+    """DIRT-T's lambda_t * (H + VAT) + beta * KL, divided by lambda_t + beta (module docstring)."""
+    return (lambda_t * (entropy + vat_target) + beta * teacher_kl) / (lambda_t + beta)
