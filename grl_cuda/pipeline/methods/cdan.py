@@ -32,6 +32,7 @@ from grl_cuda import domain_bce_with_logits
 
 from ..config import CDAN_MAPS
 from ..health import prediction_entropy
+from ..config import disc_hidden
 from ..models import domain_head
 from .dann import DANN
 
@@ -82,7 +83,7 @@ class CDAN(DANN):
     def build_head(self):
         self.map = conditioning_map(self.cfg.cdan_map, self.model.embed_dim, self.num_classes,
                                     self.cfg.cdan_random_dim).to(self.device)
-        return domain_head(self.cfg.arch, self.map.out_features)
+        return domain_head(self.cfg.arch, self.map.out_features, hidden=disc_hidden(self.cfg))
 
     def extra_state(self):
         # the randomised map's matrices (seeded, so rebuilt identically; kept to be sure)
