@@ -30,9 +30,8 @@ from torch import nn
 
 from grl_cuda import domain_bce_with_logits
 
-from ..config import CDAN_MAPS
+from ..config import CDAN_MAPS, disc_hidden
 from ..health import prediction_entropy
-from ..config import disc_hidden
 from ..models import domain_head
 from .dann import DANN
 
