@@ -14,6 +14,12 @@ holds on every logged record of a window of steps (``--collapse-window``):
   MARGINAL_LOW, i.e. fewer than about K**MARGINAL_LOW classes in effective use,
   while the target batch is assumed to cover the classes. (A low mean per-image
   entropy alone is confident predictions, not collapse, and is not flagged.)
+- ``uniform``: every target prediction near uniform (mean per-image entropy at or
+  above UNIFORM_HIGH of log K): the network no longer separates classes at all. Seen
+  with DANN when the reversed gradient kills the extractor's ReLUs (the features go
+  to zero for both domains, the domain classifier then sits at 50% and the source
+  label loss returns to log K: Syn -> MNIST with lambda 1, issue 15); it comes long
+  before ``disc50`` does.
 
 The target entropies are measured by the loop on the step's target batch, with the
 network in evaluation mode (``target_prediction_stats``), for every method.
@@ -28,7 +34,8 @@ import torch.nn.functional as F
 ACC_NEAR = 0.02
 ACC_HIGH = 0.99
 MARGINAL_LOW = 0.5
-FLAGS = ("disc50", "disc100", "target-collapse")
+UNIFORM_HIGH = 0.98
+FLAGS = ("disc50", "disc100", "target-collapse", "uniform")
 
 
 def prediction_entropy(p, eps=1e-8):
@@ -81,6 +88,8 @@ class CollapseMonitor:
                 active.append("disc100")
             if self._all("target_marginal_entropy", lambda h: h <= MARGINAL_LOW):
                 active.append("target-collapse")
+            if self._all("target_entropy", lambda h: h >= UNIFORM_HIGH):
+                active.append("uniform")
         for flag in active:
             seen = self.seen.setdefault(flag, {"first": record["step"], "last": record["step"], "records": 0})
             seen["last"] = record["step"]

@@ -57,6 +57,18 @@ def test_target_prediction_collapse():
     assert _feed(m, marginals=[0.1, 0.1]) == [[], ["target-collapse"]]
 
 
+def test_uniform_predictions_are_flagged_a_learning_network_is_not():
+    # the target entropies logged by the DANN run that died on Syn -> MNIST (lambda 1,
+    # issue 15): learning, then every prediction uniform from the step the features died
+    dead = [0.9, 0.6, 0.46, 0.3, 0.16] + [0.999] * 12
+    m = health.CollapseMonitor(10)
+    flags = [m.update({"kind": "train", "step": 50 * (i + 1), "target_entropy": h}) for i, h in enumerate(dead)]
+    assert flags[13] == [] and flags[14] == ["uniform"] and m.summary()["at_end"] == ["uniform"]
+    m = health.CollapseMonitor(10)
+    early = [1.0, 0.99, 0.97, 0.9] + list(np.linspace(0.8, 0.1, 30))  # an untrained net's first records
+    assert not any(m.update({"kind": "train", "step": i, "target_entropy": h}) for i, h in enumerate(early))
+
+
 def test_target_prediction_stats_of_a_collapsed_and_a_diverse_predictor():
     class Fixed:
         def __init__(self, logits):
