@@ -113,6 +113,8 @@ class MetricsLog:
             f.write("".join(line + "\n" for line in kept))
 
     def records(self):
+        if not os.path.exists(self.path):  # nothing logged yet (stopped before the first record)
+            return []
         with open(self.path) as f:
             return [json.loads(line) for line in f]
 

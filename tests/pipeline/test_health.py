@@ -129,7 +129,9 @@ def test_the_loop_writes_warnings_and_the_summary(tmp_path, data_dir):
         mp.undo()
     train = [json.loads(x) for x in open(out / "metrics.jsonl") if '"train"' in x]
     assert all(r["domain_acc"] == 0.5 for r in train)
-    assert [r.get("warning") for r in train] == [None, "disc50", "disc50", "disc50", "disc50", "disc50"]
+    # the frozen net's first steps also predict near-uniformly on target: "uniform" may ride along
+    warnings = [r.get("warning") for r in train]
+    assert warnings[0] is None and all("disc50" in w.split(",") for w in warnings[1:])
     assert {"target_entropy", "target_marginal_entropy"} <= set(train[0])
     assert summary["collapse"]["flags"]["disc50"] == {"first": 4, "last": 12, "records": 5}
     assert json.load(open(out / "summary.json"))["collapse"]["seen"]

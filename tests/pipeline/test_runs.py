@@ -86,3 +86,9 @@ def test_metrics_log_keeps_the_records_before_a_checkpoint(tmp_path):
     other.write({"step": 9})
     other.keep_first(0)
     assert log.lines() == 2 and os.path.exists(log.path)
+
+
+def test_metrics_log_without_a_record_reads_as_empty(tmp_path):
+    # a run stopped before its first log step has no metrics.jsonl; resuming it replays nothing
+    log = runs.MetricsLog(str(tmp_path), 0)
+    assert log.records() == [] and log.lines() == 0
