@@ -137,7 +137,8 @@ class Config:
     # -- run
     out: str = option("runs/run", "output folder", "run")
     device: str = option("cpu", "where to train", "run", choices=("cpu", "cuda"))
-    amp: bool = option(False, "bfloat16 autocast (CUDA only)", "run", action="store_true")
+    amp: bool = option(False, "bfloat16 autocast of the training step (CUDA; on the CPU too, where it pays only "
+                       "with AMX/bf16 instructions)", "run", action="store_true")
     compile: bool = option(False, "torch.compile the networks", "run", action="store_true")
     threads: int = option(None, "torch CPU threads", "run")
     sync_bn: bool = option(False, "torchrun: BatchNorm (also domain-specific) on the statistics of the whole "
@@ -250,8 +251,6 @@ def check(cfg):
         raise UserError(f"--image-size must be at least 8, got {cfg.image_size}")
     if cfg.target_labeled < 0:
         raise UserError(f"--target-labeled must be >= 0, got {cfg.target_labeled}")
-    if cfg.amp and cfg.device != "cuda":
-        raise UserError("--amp needs --device cuda")
     if cfg.source or cfg.target or cfg.target_test:
         if not (cfg.source and cfg.target and cfg.target_test):
             raise UserError("--source, --target and --target-test go together (three .npz files)")

@@ -119,7 +119,7 @@ def step(run, source, target):
     """One update of the method's networks at progress p = step / steps."""
     cfg, progress = run.cfg, run.step / run.cfg.steps
     run.method.set_lr(annealed_lr(progress, mu0=cfg.lr) if cfg.lr_anneal else cfg.lr)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
+    with torch.autocast("cuda" if cfg.device == "cuda" else "cpu", dtype=torch.bfloat16, enabled=cfg.amp):
         losses = run.method.train_step(source, target, progress)
     if run.average:
         run.average.update()

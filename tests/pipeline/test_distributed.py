@@ -56,7 +56,8 @@ CASES = {
     # in float64 both agree to ~1e-14, so what differs in float32 is rounding, not the math.
     "cgdm-sync-bn": (dict(method="cgdm", sync_bn=True, num_k=2), True, torch.float64),
 }
-SLOW_CASES = {"dann-ddp-compile": (dict(method="dann", compile=True), True, torch.float32)}
+SLOW_CASES = {"dann-ddp-compile": (dict(method="dann", compile=True), True, torch.float32),
+              "dann-ddp-amp": (dict(method="dann", amp=True, lr=0.03), True, torch.float32)}
 
 
 def global_batch():
@@ -100,7 +101,8 @@ def _train(options, rank, world):
     method.train(True)
     for step in range(STEPS):
         method.set_lr(cfg.lr)
-        method.train_step(SourceBatch(xs[rows], ys[rows]), TargetBatch(xt[rows], index), step / STEPS)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):  # as loop.step does
+            method.train_step(SourceBatch(xs[rows], ys[rows]), TargetBatch(xt[rows], index), step / STEPS)
     return {name: {k: v.detach().clone() for k, v in net.state_dict().items()}
             for name, net in method.networks().items()}
 
@@ -181,11 +183,33 @@ def test_unknown_distribute_path_is_refused():
         distributed.wrap(method, Config(), 2)
 
 
-def test_ddp_with_compile_matches_one_process(tmp_path):
-    ranks = run_two_processes(tmp_path, SLOW_CASES)
+@pytest.fixture(scope="module")
+def two_processes_slow(tmp_path_factory):
+    torch.set_num_threads(1)
+    return run_two_processes(tmp_path_factory.mktemp("dist_slow"), SLOW_CASES)
+
+
+def test_ddp_with_compile_matches_one_process(two_processes_slow):
     options, _, dtype = SLOW_CASES["dann-ddp-compile"]
-    found = differences(ranks[0]["dann-ddp-compile"], train(dict(options, compile=False), dtype))
+    found = differences(two_processes_slow[0]["dann-ddp-compile"], train(dict(options, compile=False), dtype))
     assert not found, found
+
+
+def test_ddp_with_amp_matches_one_process(two_processes_slow):
+    # bfloat16 autocast (--amp, here on the CPU): each rank's half of the batch in bfloat16, the
+    # gradients averaged in float32, against one process with the whole batch under autocast.
+    # bfloat16 GEMMs reduce over other row splits, so the tolerance is bfloat16's, and the
+    # weights must have moved by more than it (else the comparison could not fail).
+    options, _, dtype = SLOW_CASES["dann-ddp-amp"]
+    one = train(options, dtype)
+    atol = 1e-3
+    found = differences(two_processes_slow[0]["dann-ddp-amp"], one, atol=atol, rtol=0)
+    assert not found, found
+    assert differences(two_processes_slow[1]["dann-ddp-amp"], two_processes_slow[0]["dann-ddp-amp"], 0, 0) == []
+    torch.manual_seed(0)
+    start = build_method(Config(arch="mnist", method="dann"), 10, "cpu").model.state_dict()
+    moved = max((one["model"][k] - start[k]).abs().max().item() for k in start)
+    assert moved > 10 * atol, moved
 
 
 def test_torchrun_ddp_sync_bn_resume_is_bit_exact_and_other_world_sizes_are_refused(tmp_path, data_dir,

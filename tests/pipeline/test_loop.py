@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +126,16 @@ def test_ema_run_evaluates_and_reloads_the_averaged_weights(tmp_path, data_dir):
 def test_compile_flag_runs(tmp_path, data_dir):
     summary = train(cfg_for(tmp_path, data_dir, steps=4, eval_every=1000, compile=True), progress=False)
     assert summary["steps"] == 4 and 0.0 <= summary["target_test_acc"] <= 1.0
+
+
+def test_amp_flag_trains_under_cpu_autocast(tmp_path, data_dir, monkeypatch):
+    # --amp on the CPU: the step runs under bfloat16 autocast (the convolutions' outputs are bfloat16)
+    from torch import nn
+
+    seen = []
+    monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x, f=nn.Conv2d.forward: seen.append(f(self, x).dtype)
+                        or f(self, x))
+    summary = train(cfg_for(tmp_path, data_dir, steps=6, eval_every=1000, amp=True), progress=False)
+    assert torch.bfloat16 in seen
+    records = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl") if '"train"' in x]
+    assert all(np.isfinite(r["label_loss"]) for r in records) and 0.0 <= summary["target_test_acc"] <= 1.0
