@@ -41,17 +41,21 @@ def run_dir(out, task, method, seed, k=0):
     return os.path.join(out, "runs", task, f"{method}+k{k}" if k else method, f"seed{seed}")
 
 
+def trained_method(row):
+    """The method a row's run trains: SA rides on source only, "recommended" is RECOMMENDED's."""
+    return {"sa": "source-only", "recommended": RECOMMENDED["method"]}.get(row, row)
+
+
 def run_one(args, task, method, seed, k=0):
     """One cell's run: ``method``'s with K = ``k`` labeled target samples per class, or
     for the "recommended" row the pipeline's recommended configuration
     (config.RECOMMENDED over the grid's options)."""
-    trained_as = "source-only" if method == "sa" else method
-    folder = run_dir(args.out, task, trained_as, seed, k)
+    trained_as = trained_method(method)
     options = {name: getattr(args, name) for name in PASSED_ON}
+    folder = run_dir(args.out, task, "recommended" if method == "recommended" else trained_as, seed, k)
     if method == "recommended":
-        preset = {k: v for k, v in RECOMMENDED.items() if k != "method"}
-        trained_as = RECOMMENDED["method"]
-        if all(options[k] == v for k, v in preset.items()):  # the grid's own options: the same run as its row
+        preset = {name: value for name, value in RECOMMENDED.items() if name != "method"}
+        if all(options[name] == value for name, value in preset.items()):  # the grid's own options: its row's run
             folder = run_dir(args.out, task, trained_as, seed, k)
         options.update(preset)
     cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
@@ -167,8 +171,7 @@ def run_grid(args, tasks, methods):
         for seed in range(args.seeds):
             for k in args.ks:
                 for method in methods:
-                    trained_as = {"sa": "source-only", "recommended": RECOMMENDED["method"]}.get(method, method)
-                    if k and not METHODS[trained_as].supports_target_labeled:
+                    if k and not METHODS[trained_method(method)].supports_target_labeled:
                         continue
                     summary = run_one(args, task, method, seed, k)
                     if summary.get("interrupted"):
