@@ -87,6 +87,9 @@ class Config:
                             defines_run=True, choices=NORMALIZATIONS)
     shift: int = option(3, "random translation of training images, in pixels (0: off, the paper)", "method",
                         defines_run=True)
+    invert: float = option(0.0, "random intensity inversion: each training image (source and target) negated "
+                           "after standardisation with this probability, e.g. 0.5 (French et al. 2018's intensity "
+                           "flip; 0: off)", "method", defines_run=True)
     ema: float = option(0.0, "evaluate an exponential moving average of the weights with this decay, e.g. "
                         "0.999 (0: off, the paper)", "method", defines_run=True)
     gamma: float = option(10.0, "DANN: gamma of the lambda_p schedule", "method", defines_run=True,
@@ -95,6 +98,12 @@ class Config:
     passes: str = option("joint", "DANN: joint (one forward pass over source + target rows, the paper) or "
                          "separate (one pass per domain, so BatchNorm normalises each by its own batch)",
                          "method", defines_run=True, read_by=ADVERSARIAL, choices=PASSES)
+    rollback: float = option(0.0, "adversarial methods: when the held-out source accuracy falls more than this "
+                             "below its best (checked every --rollback-every steps), return to the last good weights "
+                             "and halve lambda for the rest of the run (0: off; e.g. 0.05)", "method",
+                             defines_run=True, read_by=ADVERSARIAL)
+    rollback_every: int = option(250, "adversarial methods: steps between the --rollback checks", "method",
+                                 defines_run=True, read_by=ADVERSARIAL)
     disc_hidden: str = option("", "DANN: the domain classifier's hidden widths, e.g. 1024,1024 (default: the "
                               "paper's for the architecture)", "method", defines_run=True, read_by=ADVERSARIAL)
     alpha: float = option(0.1, "CGDM: weight of the pseudo-label loss", "method", defines_run=True,
@@ -217,13 +226,17 @@ def disc_hidden(cfg):
 def check(cfg):
     """Rejects values no run can use, naming the flag."""
     for name in ("steps", "batch_size", "eval_every", "log_every", "ckpt_every", "collapse_window", "cdan_random_dim",
-                 "dirtt_refresh"):
+                 "dirtt_refresh", "rollback_every"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.normalize not in NORMALIZATIONS:
         raise UserError(f"unknown --normalize {cfg.normalize!r}; choose from: {', '.join(NORMALIZATIONS)}")
     if cfg.shift < 0:
         raise UserError("--shift must be >= 0")
+    if not 0.0 <= cfg.invert <= 1.0:
+        raise UserError(f"--invert must be a probability in [0, 1], got {cfg.invert}")
+    if not 0.0 <= cfg.rollback < 1.0:
+        raise UserError(f"--rollback must be in [0, 1) (an accuracy drop; 0: off; e.g. 0.05), got {cfg.rollback}")
     if not 0.0 <= cfg.ema < 1.0:
         raise UserError(f"--ema must be in [0, 1) (0: off; e.g. 0.999), got {cfg.ema}")
     for name, allowed in (("input_norm", INPUT_NORMS), ("optimizer", OPTIMIZERS), ("passes", PASSES)):

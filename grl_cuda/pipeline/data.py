@@ -698,6 +698,18 @@ def random_shift(x, max_shift, generator):
     return torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+def random_invert(x, probability, generator):
+    """Negates each image with ``probability`` (the intensity flip of French et al., ICLR 2018,
+    for digits): the images are standardised by then, so this swaps dark and light around the
+    domain's mean, and the networks learn digits of either polarity (MNIST is light on dark;
+    MNIST-M's digits and Syn's are either)."""
+    if probability <= 0 or x.shape[0] == 0 or x.dim() != 4:  # vectors have no polarity
+        return x
+    flip = torch.rand(x.shape[0], generator=generator) < probability
+    sign = 1.0 - 2.0 * flip.to(x.dtype)
+    return x * sign.to(x.device).view(-1, 1, 1, 1)
+
+
 class EpochSampler:
     """Shuffled epochs of batch indices from a seeded generator; its state goes in the checkpoint."""
 

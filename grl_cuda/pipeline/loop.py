@@ -24,10 +24,10 @@ import torch.distributed as dist
 from grl_cuda.schedules import annealed_lr
 
 from . import config as config_mod
-from . import diagnostics, distributed, health, models, runs
+from . import diagnostics, distributed, guard, health, models, runs
 from .config import UserError
 from .data import (EpochSampler, LabeledRows, LabeledTargetBatch, SemiSupervisedTargetBatch, SourceBatch, TargetBatch,
-                   random_shift, task_for, to_tensors)
+                   random_invert, random_shift, task_for, to_tensors)
 from .evaluate import WeightAverage, evaluation_weights, final_metrics, test_accuracies
 from .methods import METHODS, build_method, get_method
 
@@ -48,6 +48,7 @@ class Run:
     elapsed_before: float = 0.0
     t0: float = 0.0
     monitor: health.CollapseMonitor = None
+    rollback: guard.Rollback = None  # --rollback on an adversarial method (guard.py)
 
     @property
     def distributed(self):
@@ -78,6 +79,8 @@ def fit(cfg, progress=True):
             log(run, losses, bar, target)
             if due(run, cfg.refresh_every):
                 refresh(run)
+            if run.rollback and due(run, cfg.rollback_every):
+                check_guard(run, bar)
             if due(run, cfg.eval_every) and run.rank == 0:
                 evaluate(run, bar)
             if stop_requested(run, stop) and run.step < cfg.steps:
@@ -87,6 +90,8 @@ def fit(cfg, progress=True):
                 checkpoint(run)
     if run.step < cfg.steps:
         return interrupted(run, stop.signal or "stop_after")
+    if run.rollback:  # report the last good weights if the last ones are worse
+        check_guard(run, None, final=True)
     return finish(run)
 
 
@@ -99,15 +104,18 @@ def batch(run):
     cfg, si, ti = run.cfg, run.samplers["source"].next(), run.samplers["target"].next()
     (xs, ys), (xt, yt) = run.tensors["source_train"], run.tensors["target_train"]
     xs, xt = xs[si], xt[ti]
+    gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + run.rank) * 1_000_003 + run.step)
     if cfg.shift:
-        gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + run.rank) * 1_000_003 + run.step)
         xs, xt = random_shift(xs, cfg.shift, gen), random_shift(xt, cfg.shift, gen)
+    if cfg.invert:
+        xs, xt = random_invert(xs, cfg.invert, gen), random_invert(xt, cfg.invert, gen)
     if run.method.uses_target_labels:
         target = LabeledTargetBatch(xt, ti, yt[ti])
     elif "labeled" in run.samplers:  # --target-labeled: the K-per-class rows, apart from the unlabeled batch
         li = run.samplers["labeled"].next()
         xl, yl = run.tensors["target_labeled"]
         xl = random_shift(xl[li], cfg.shift, gen) if cfg.shift else xl[li]
+        xl = random_invert(xl, cfg.invert, gen) if cfg.invert else xl
         target = SemiSupervisedTargetBatch(xt, ti, labeled=LabeledRows(xl, yl[li]))
     else:
         target = TargetBatch(xt, ti)
@@ -154,6 +162,16 @@ def refresh(run):
         run.log.write({"kind": "refresh", "step": run.step, **extra})
 
 
+def check_guard(run, bar, final=False):
+    record = run.rollback.check(run.step, run.tensors, final=final)
+    if run.rank == 0:
+        run.log.write(record)
+        if bar is not None and "rollback_to" in record:
+            bar.write(f"step {run.step}: source validation accuracy {record['source_val_acc']:.4f}, "
+                      f"{run.rollback.best_acc:.4f} at step {record['rollback_to']}: rolled back there, "
+                      f"lambda x{record['lambda_scale']:g} from now on")
+
+
 def evaluate(run, bar):
     with evaluation_weights(run.average):
         record = test_accuracies(run.method, run.tensors, run.step)
@@ -188,7 +206,7 @@ def checkpoint(run):
         gathered = [per_rank]
     if run.rank == 0:
         runs.write_checkpoint(run.checkpoint_path, run.cfg, run.step, run.method, run.average, gathered,
-                              run.log.lines(), run.elapsed())
+                              run.log.lines(), run.elapsed(), run.rollback)
     if run.distributed:
         dist.barrier()
 
@@ -232,6 +250,8 @@ def setup(cfg):
     average = WeightAverage(method.networks(), cfg.ema) if cfg.ema else None
     run = Run(cfg, task, tensors, method, average, samplers, rank, world, runs.MetricsLog(cfg.out, rank))
     run.monitor = health.CollapseMonitor(health.window_records(cfg.collapse_window, cfg.log_every))
+    if cfg.rollback and cfg.method in config_mod.ADVERSARIAL:
+        run.rollback = guard.Rollback(cfg.rollback, method, average, rank, world)
     if cfg.resume:
         restore(run, runs.read_checkpoint(run.checkpoint_path, cfg))
     else:
@@ -252,6 +272,8 @@ def restore(run, ckpt):
     for name, sampler in run.samplers.items():
         sampler.load_state_dict(mine[f"{name}_sampler"])
     runs.set_rng_state(mine["rng"])
+    if run.rollback:
+        run.rollback.load_state_dict(ckpt["guard"])
     run.step, run.elapsed_before = ckpt["step"], ckpt.get("elapsed", 0.0)
     run.log.keep_first(ckpt["metrics_lines"])
     if run.rank == 0:  # the collapse monitor's state is a function of the records kept
@@ -344,14 +366,15 @@ def finish(run):
                    "source_test_acc": final["source_test_acc"], "target_test_acc": final["target_test_acc"],
                    "proxy_a_distance": extra.pop("proxy_a_distance"), "train_seconds": elapsed,
                    "images_per_second": cfg.steps * 2 * cfg.batch_size / max(elapsed, 1e-9),
-                   "sizes": run.task.sizes(), "collapse": run.monitor.summary(), "config": dataclasses.asdict(cfg),
+                   "sizes": run.task.sizes(), "collapse": run.monitor.summary(),
+                   "rollback": run.rollback.summary() if run.rollback else None, "config": dataclasses.asdict(cfg),
                    "versions": versions(), **extra}
         if run.task.target_labeled is not None:  # which target train rows' labels training read
             summary["target_labeled_rows"] = run.task.target_labeled.tolist()
         with open(os.path.join(cfg.out, runs.SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
         runs.write_checkpoint(run.checkpoint_path, cfg, cfg.steps, run.method, run.average, [], run.log.lines(),
-                              elapsed)
+                              elapsed, run.rollback)
         if cfg.plots:
             plot(run, features)
         print(f"{cfg.method} on {run.task.name} (seed {cfg.seed}, {cfg.steps} steps, {elapsed:.0f}s): "

@@ -12,6 +12,8 @@ written before still loads):
     per_rank       one dict per rank: source_sampler, target_sampler, rng (empty once finished)
     metrics_lines  records of metrics.jsonl written by then
     elapsed        training seconds by then
+    guard          --rollback's state (guard.Rollback.state_dict()), else None; absent in
+                   checkpoints written before --rollback existed (they ran without it)
 """
 
 import json
@@ -53,11 +55,12 @@ def save_atomic(obj, path):
     os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
 
 
-def write_checkpoint(path, cfg, step, method, average, per_rank, metrics_lines, elapsed):
+def write_checkpoint(path, cfg, step, method, average, per_rank, metrics_lines, elapsed, guard=None):
     """The one place a checkpoint is built (schema in the module's doc)."""
     save_atomic({"version": CHECKPOINT_VERSION, "config": config_mod.run_identity(cfg), "step": step,
                  "method": method.state_dict(), "average": average.state_dict() if average else None,
-                 "per_rank": per_rank, "metrics_lines": metrics_lines, "elapsed": elapsed}, path)
+                 "per_rank": per_rank, "metrics_lines": metrics_lines, "elapsed": elapsed,
+                 "guard": guard.state_dict() if guard else None}, path)
 
 
 def read_checkpoint(path, cfg, *, what="--resume"):

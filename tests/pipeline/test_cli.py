@@ -78,6 +78,8 @@ def test_sigint_saves_a_checkpoint_and_resume_matches(tmp_path, data_dir, assert
 
 
 def test_cli_rejects_bad_preprocessing_flags(tmp_path, data_dir):
-    for args, message in ((["--normalize", "nope"], "invalid choice"), (["--shift", "-1"], "--shift")):
+    for args, message in ((["--normalize", "nope"], "invalid choice"), (["--shift", "-1"], "--shift"),
+                          (["--invert", "1.5"], "--invert must be a probability"),
+                          (["--rollback", "-0.1"], "--rollback must be in")):
         result = _cli([*args, "--out", str(tmp_path / "o"), "--data-dir", data_dir, "--steps", "2"])
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -203,3 +203,19 @@ def test_random_shift_translates_each_image_by_its_own_offset():
     flat = torch.full((2, 3, 8, 8), 0.25)  # edges repeat: a flat image stays flat
     torch.testing.assert_close(data.random_shift(flat, 2, torch.Generator().manual_seed(0)), flat)
     assert data.random_shift(x, 0, torch.Generator()) is x
+
+
+def test_random_invert_negates_whole_images_with_the_probability():
+    x = torch.randn(4000, 3, 4, 4)
+    out = data.random_invert(x, 0.3, torch.Generator().manual_seed(1))
+    per_image = (out / x).flatten(1)
+    assert ((per_image == 1) | (per_image == -1)).all()  # each image kept or negated whole
+    assert (per_image == per_image[:, :1]).all()
+    flipped = (per_image[:, 0] == -1).float().mean().item()
+    assert abs(flipped - 0.3) < 0.03  # 4000 draws: std 0.007
+    again = data.random_invert(x, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)  # seeded: a resumed run draws the same flips
+    assert torch.equal(data.random_invert(x, 1.0, torch.Generator()), -x)
+    assert data.random_invert(x, 0.0, torch.Generator()) is x
+    vectors = torch.randn(5, 64)
+    assert data.random_invert(vectors, 0.5, torch.Generator()) is vectors  # no polarity to flip

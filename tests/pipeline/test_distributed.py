@@ -215,8 +215,9 @@ def test_ddp_with_amp_matches_one_process(two_processes_slow):
 def test_torchrun_ddp_sync_bn_resume_is_bit_exact_and_other_world_sizes_are_refused(tmp_path, data_dir,
                                                                                     assert_same_outputs):
     """fit() under 2-process torchrun with DDP and --sync-bn (DSBN: BatchNorm buffers in
-    the checkpoint): interrupted and resumed gives what an uninterrupted run gives; a
-    1-process resume of the 2-process checkpoint is refused."""
+    the checkpoint) and --rollback (rank 0's check broadcast; any decrease rolls back):
+    interrupted and resumed gives what an uninterrupted run gives; a 1-process resume of
+    the 2-process checkpoint is refused."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
 
@@ -226,7 +227,7 @@ def test_torchrun_ddp_sync_bn_resume_is_bit_exact_and_other_world_sizes_are_refu
             port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                "-m", "grl_cuda.train", "--task", "mnist-mnistm", "--method", "dann-dsbn", "--sync-bn", "--steps",
-               "20", "--log-every", "5", "--eval-every", "10", "--no-plots", "--data-dir", data_dir, "--out",
+               "20", "--log-every", "5", "--eval-every", "10", "--rollback", "1e-9", "--rollback-every", "5", "--no-plots", "--data-dir", data_dir, "--out",
                str(tmp_path / out), *extra]
         return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
@@ -235,7 +236,7 @@ def test_torchrun_ddp_sync_bn_resume_is_bit_exact_and_other_world_sizes_are_refu
     broken = torchrun("broken", "--stop-after", "10")
     assert broken.returncode == 1 and "interrupted at step 10" in broken.stderr, broken.stderr[-3000:]
     cfg = Config(task="mnist-mnistm", method="dann-dsbn", sync_bn=True, steps=20, log_every=5, eval_every=10,
-                 plots=False, data_dir=data_dir, out=str(tmp_path / "broken"), resume=True)
+                 rollback=1e-9, rollback_every=5, plots=False, data_dir=data_dir, out=str(tmp_path / "broken"), resume=True)
     with pytest.raises(runs.CheckpointError, match="written by 2 process"):
         fit(cfg, progress=False)
     resumed = torchrun("broken", "--resume")

@@ -47,7 +47,7 @@ def test_short_dann_run_beats_chance_and_writes_outputs(tmp_path, data_dir, meth
 @pytest.mark.parametrize("method, options", [("dann", {}), ("dann-dsbn", {}), ("source-only", {}),
                                              ("dann-dsbn", {"ema": 0.9}),
                                              ("dann", {"arch": "mnist-bn", "passes": "separate", "optimizer": "adam",
-                                                       "lr": 0.001, "input_norm": "instance"})])
+                                                       "lr": 0.001, "input_norm": "instance", "invert": 0.5})])
 def test_resume_is_bit_exact(tmp_path, data_dir, assert_same_outputs, method, options):
     straight = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "straight"), **options)
     train(straight, progress=False)

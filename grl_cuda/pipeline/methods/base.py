@@ -30,6 +30,8 @@ class Method:
     distribute = "explicit"
     find_unused_parameters = False  # "ddp" methods whose loss may skip parameters: True
     ddp = None  # the DistributedDataParallel wrapper, set by distributed.wrap
+    # Multiplies the reversal's lambda in methods that have one; --rollback lowers it (guard.py).
+    lambda_scale = 1.0
 
     def __init__(self, cfg, model_factory, num_classes, device):
         self.cfg = cfg

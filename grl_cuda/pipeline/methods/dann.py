@@ -56,7 +56,7 @@ class DANN(Method):
         return self.model.features(torch.cat([xs, xt]))
 
     def reversal_lambda(self, progress):
-        return dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max
+        return dann_lambda(progress, gamma=self.cfg.gamma) * self.cfg.lambda_max * self.lambda_scale
 
     def networks(self):
         return {"model": self.model, "domain_head": self.head}

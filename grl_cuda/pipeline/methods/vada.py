@@ -80,7 +80,7 @@ class VADA(DANN):
     k_way_domains = False  # a binary domain loss: several sources are pooled into one domain
 
     def reversal_lambda(self, progress):
-        return self.cfg.vada_lambda_d
+        return self.cfg.vada_lambda_d * self.lambda_scale
 
     def losses(self, source, target, progress):
         cfg, xs, ys, xt = self.cfg, source.x, source.y, target.x

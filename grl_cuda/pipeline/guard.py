@@ -1,0 +1,99 @@
+"""Rollback: an adversarial run that damages its own classifier goes back to its
+last good weights and continues with half the reversal's lambda (``--rollback``).
+
+Adversarial training fails in two ways we have measured (issue 15,
+docs/dann_probes_mnist_mnistm.md): the reversed gradient kills the extractor's
+ReLUs and the network forgets everything (Syn -> MNIST, lambda 1: source accuracy
+0.97 -> 0.33 within 250 steps), or the game turns unstable late and drags the
+classifier with it (MNIST -> UCI digits: source accuracy 0.97 -> 0.89 over the
+last 750 steps, target accuracy 0.705 -> 0.547). Both show in the one signal a
+user always has: the accuracy on the held-out *source* split (labels the run
+already owns; no target label is read). Every ``--rollback-every`` steps the guard
+measures it on the current weights (not the average, which lags):
+
+- at or above its best so far: the weights (networks, optimizers, the ``--ema``
+  average) are kept in memory as the last good state;
+- more than ``--rollback`` below that best: the run returns to the last good state
+  and the reversal's lambda is halved for the rest of the run (and halved again on
+  the next rollback). The step counter, the data order and the random streams go
+  on, so the run does not replay the steps that failed.
+
+At the end the same test decides whether the run reports its last weights or the
+last good ones. The held-out source split is then a validation split: its
+accuracy in summary.json has served for this choice.
+"""
+
+import copy
+
+import torch
+import torch.distributed as dist
+
+from .evaluate import accuracy
+
+# Each rollback multiplies the reversal's lambda by this.
+LAMBDA_FACTOR = 0.5
+
+
+def _clone(state):
+    """A deep copy of a (nested) state dict whose tensors do not share storage with the live ones."""
+    return copy.deepcopy(state)
+
+
+class Rollback:
+    """The guard of one run (module doc). Its state goes in the checkpoint."""
+
+    def __init__(self, drop, method, average, rank=0, world=1):
+        self.drop, self.method, self.average = drop, method, average
+        self.rank, self.world = rank, world
+        self.best_acc = -1.0
+        self.best_step = None
+        self.good = None  # {"method": state, "average": state} at best_step
+        self.lambda_scale = 1.0
+        self.rollbacks = []  # [{"step", "source_val_acc", "best_acc", "best_step", "lambda_scale"}]
+        method.lambda_scale = self.lambda_scale
+
+    def source_val_acc(self, tensors):
+        """Rank 0's accuracy of the current weights on the held-out source split, on every rank."""
+        acc = torch.tensor([accuracy(self.method, *tensors["source_test"], "source") if self.rank == 0 else 0.0],
+                           dtype=torch.float64)
+        if self.world > 1:  # one decision for all ranks: they keep and restore the same states
+            dist.broadcast(acc, 0)
+        return acc.item()
+
+    def check(self, step, tensors, final=False):
+        """Measures, then keeps or restores (module doc). Returns the metrics record."""
+        acc = self.source_val_acc(tensors)
+        record = {"kind": "guard", "step": step, "source_val_acc": acc, "best_acc": max(acc, self.best_acc),
+                  "lambda_scale": self.lambda_scale}
+        if acc >= self.best_acc:
+            self.best_acc, self.best_step = acc, step
+            self.good = {"method": _clone(self.method.state_dict()),
+                         "average": _clone(self.average.state_dict()) if self.average else None}
+        elif self.best_acc - acc > self.drop:
+            self._restore()
+            if not final:  # the run goes on from the good state, more gently
+                self.lambda_scale *= LAMBDA_FACTOR
+                self.method.lambda_scale = self.lambda_scale
+            event = {"step": step, "source_val_acc": acc, "best_acc": self.best_acc, "best_step": self.best_step,
+                     "lambda_scale": self.lambda_scale, "final": final}
+            self.rollbacks.append(event)
+            record.update(rollback_to=self.best_step, lambda_scale=self.lambda_scale)
+        return record
+
+    def _restore(self):
+        self.method.load_state_dict(_clone(self.good["method"]))
+        if self.average:
+            self.average.load_state_dict(self.good["average"])
+
+    def summary(self):
+        return {"drop": self.drop, "best_source_val_acc": self.best_acc, "best_step": self.best_step,
+                "lambda_scale": self.lambda_scale, "rollbacks": list(self.rollbacks)}
+
+    def state_dict(self):
+        return {"best_acc": self.best_acc, "best_step": self.best_step, "good": self.good,
+                "lambda_scale": self.lambda_scale, "rollbacks": list(self.rollbacks)}
+
+    def load_state_dict(self, state):
+        self.best_acc, self.best_step, self.good = state["best_acc"], state["best_step"], state["good"]
+        self.lambda_scale, self.rollbacks = state["lambda_scale"], list(state["rollbacks"])
+        self.method.lambda_scale = self.lambda_scale

@@ -1,0 +1,138 @@
+"""--rollback (pipeline/guard.py): a run whose held-out source accuracy drops returns to
+its last good weights and halves the reversal's lambda; resume keeps the guard's state."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from grl_cuda.pipeline import guard
+from grl_cuda.pipeline.config import Config, UserError, check
+from grl_cuda.pipeline.evaluate import WeightAverage
+from grl_cuda.pipeline.loop import fit as train
+from grl_cuda.pipeline.methods.base import Method
+
+
+class Linear(Method):
+    """A method whose source accuracy the test sets by hand (through its weights)."""
+
+    def __init__(self):
+        super().__init__(cfg=None, model_factory=None, num_classes=2, device="cpu")
+        self.net = nn.Linear(1, 2)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1, momentum=0.9)
+
+    def networks(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"opt": self.opt}
+
+    def predict(self, x, domain="target"):
+        return self.net(x)
+
+    def set_accuracy_to(self, right):
+        """Weights that classify the test split below all right (``right``) or all wrong."""
+        with torch.no_grad():
+            self.net.weight.copy_(torch.tensor([[-1.0], [1.0]]) * (1 if right else -1))
+            self.net.bias.zero_()
+
+
+def split():
+    x = torch.tensor([[-1.0], [-2.0], [1.0], [2.0]])
+    return {"source_test": (x, torch.tensor([0, 0, 1, 1]))}
+
+
+def test_a_drop_restores_the_last_good_weights_and_halves_lambda():
+    method, tensors = Linear(), split()
+    average = WeightAverage(method.networks(), 0.5)
+    rollback = guard.Rollback(0.05, method, average)
+    method.set_accuracy_to(right=True)
+    record = rollback.check(10, tensors)
+    assert record["source_val_acc"] == 1.0 and "rollback_to" not in record
+    good = {k: v.clone() for k, v in method.net.state_dict().items()}
+    good_average = {k: v.clone() for k, v in average.state_dict()["net"].items()}
+    # training moves on (optimizer state, average), then the weights go bad
+    method.net(torch.ones(3, 1)).sum().backward()
+    method.opt.step()
+    average.update()
+    method.set_accuracy_to(right=False)
+    record = rollback.check(20, tensors)
+    assert record["rollback_to"] == 10 and record["source_val_acc"] == 0.0
+    for k, v in method.net.state_dict().items():
+        assert torch.equal(v, good[k]), k
+    for k, v in average.state_dict()["net"].items():
+        assert torch.equal(v, good_average[k]), k
+    assert method.opt.state_dict()["state"] == {}  # the optimizer as it was at step 10: no momentum yet
+    assert method.lambda_scale == rollback.lambda_scale == 0.5
+    # a second drop halves it again; the final check restores without changing lambda
+    method.set_accuracy_to(right=False)
+    rollback.check(30, tensors)
+    assert method.lambda_scale == 0.25
+    method.set_accuracy_to(right=False)
+    rollback.check(40, tensors, final=True)
+    assert method.lambda_scale == 0.25 and [e["final"] for e in rollback.rollbacks] == [False, False, True]
+
+
+def test_a_drop_within_the_margin_is_kept():
+    method, tensors = Linear(), split()
+    rollback = guard.Rollback(0.3, method, None)
+    method.set_accuracy_to(right=True)
+    rollback.check(10, tensors)
+    with torch.no_grad():  # one of four wrong: 0.75, a drop of 0.25 < 0.3
+        method.net.bias.copy_(torch.tensor([0.0, 3.0]))
+    record = rollback.check(20, tensors)
+    assert record["source_val_acc"] == 0.75 and "rollback_to" not in record and rollback.lambda_scale == 1.0
+    assert rollback.best_step == 10
+
+
+def test_the_restored_state_is_a_copy():
+    # training on after a rollback must not write into the kept good state
+    method, tensors = Linear(), split()
+    rollback = guard.Rollback(0.05, method, None)
+    method.set_accuracy_to(right=True)
+    rollback.check(10, tensors)
+    method.set_accuracy_to(right=False)
+    rollback.check(20, tensors)
+    with torch.no_grad():
+        method.net.weight.add_(100.0)
+    assert rollback.good["method"]["networks"]["net"]["weight"].abs().max() == 1.0
+
+
+def test_bad_values_are_refused():
+    with pytest.raises(UserError, match="--rollback must be in"):
+        check(Config(rollback=1.5))
+    with pytest.raises(UserError, match="--rollback-every must be positive"):
+        check(Config(rollback=0.05, rollback_every=0))
+
+
+def cfg_for(tmp_path, data_dir, **kw):
+    base = dict(task="mnist-mnistm", method="dann", steps=40, out=str(tmp_path / "run"), data_dir=data_dir,
+                eval_every=20, log_every=10, ckpt_every=1000, plots=False, rollback=1e-9, rollback_every=10)
+    base.update(kw)
+    return Config(**base)
+
+
+@pytest.mark.slow
+def test_runs_log_the_checks_and_resume_bit_exact(tmp_path, data_dir, assert_same_outputs):
+    # a margin of 1e-9 (any decrease rolls back) and lr 0.05: a rollback at step 30 to the state of
+    # step 20, which the interrupted run below keeps only through its checkpoint (stopped at 25)
+    straight = cfg_for(tmp_path, data_dir, out=str(tmp_path / "straight"), ema=0.9, lr=0.05)
+    summary = train(straight, progress=False)
+    checks = [json.loads(line) for line in open(tmp_path / "straight" / "metrics.jsonl")]
+    checks = [r for r in checks if r["kind"] == "guard"]
+    assert [r["step"] for r in checks] == [10, 20, 30, 40]  # the last one is the final check
+    assert [(e["step"], e["best_step"]) for e in summary["rollback"]["rollbacks"] if not e["final"]] == [(30, 20)]
+    assert summary["rollback"]["best_source_val_acc"] == max(r["source_val_acc"] for r in checks)
+    assert all(r["lambda_scale"] == 0.5 ** sum(1 for e in summary["rollback"]["rollbacks"]
+                                                if e["step"] <= r["step"] and not e["final"]) for r in checks)
+    broken = cfg_for(tmp_path, data_dir, out=str(tmp_path / "broken"), ema=0.9, lr=0.05, stop_after=25)
+    assert train(broken, progress=False)["interrupted"]
+    train(cfg_for(tmp_path, data_dir, out=str(tmp_path / "broken"), ema=0.9, lr=0.05, resume=True), progress=False)
+    assert_same_outputs(str(tmp_path / "straight"), str(tmp_path / "broken"))
+
+
+@pytest.mark.slow
+def test_methods_without_a_reversal_ignore_it(tmp_path, data_dir):
+    summary = train(cfg_for(tmp_path, data_dir, method="source-only", steps=20), progress=False)
+    assert summary["rollback"] is None
