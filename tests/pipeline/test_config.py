@@ -19,7 +19,7 @@ FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch
 # Options added since that change existing methods, each with the default that reproduces the
 # runs from before it (a saved config without the key reads as that default: saved_value).
 ADDED_RUN_DEFINING = {"input_norm": "none", "optimizer": "sgd", "passes": "joint", "disc_hidden": "", "sync_bn": False,
-                      "target_labeled": 0, "source_domains": 1}
+                      "target_labeled": 0, "source_domains": 1, "invert": 0.0, "rollback": 0.0, "rollback_every": 250}
 # Options of settings added since (images with a backbone): no older run can have used them.
 SETTINGS_OPTIONS = {"backbone", "weights", "image_size"}
 # Options of methods added since (CDAN, MCC, VADA, DIRT-T): no older run can have used them.
