@@ -74,6 +74,20 @@ def test_a_drop_restores_the_last_good_weights_and_halves_lambda():
     assert method.lambda_scale == 0.25 and [e["final"] for e in rollback.rollbacks] == [False, False, True]
 
 
+def test_averaged_weights_that_go_bad_roll_back_too():
+    # --ema reports the averaged weights: the guard scores the lower of both accuracies
+    method, tensors = Linear(), split()
+    method.set_accuracy_to(right=True)
+    average = WeightAverage(method.networks(), 0.5)
+    rollback = guard.Rollback(0.05, method, average)
+    rollback.check(10, tensors)
+    average.state_dict()["net"]["weight"].neg_()  # the average alone goes bad
+    record = rollback.check(20, tensors)
+    assert record["current_source_val_acc"] == 1.0 and record["averaged_source_val_acc"] == 0.0
+    assert record["source_val_acc"] == 0.0 and record["rollback_to"] == 10
+    assert torch.equal(average.state_dict()["net"]["weight"], method.net.weight)  # the good average is back
+
+
 def test_a_drop_within_the_margin_is_kept():
     method, tensors = Linear(), split()
     rollback = guard.Rollback(0.3, method, None)
