@@ -25,7 +25,7 @@ CDAN_MAPS = ("auto", "multilinear", "randomized")
 # The pipeline's recommended configuration: what `grl_cuda.train --recommended` sets (flags given
 # beside it still win) and the "recommended" row of `grl_cuda.results`. Chosen on seed 0 of
 # MNIST -> MNIST-M without target labels' help beyond those probes: docs/dann_probes_mnist_mnistm.md.
-RECOMMENDED = {"method": "dann", "input_norm": "instance", "ema": 0.999, "invert": 0.5, "rollback": 0.05}
+RECOMMENDED = {"method": "dann", "input_norm": "instance", "ema": 0.999, "rollback": 0.05}
 
 
 class UserError(Exception):
