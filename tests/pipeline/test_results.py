@@ -58,3 +58,13 @@ def test_recommended_row_trains_the_recommended_configuration(tmp_path, monkeypa
     assert seen[-1].out == results.run_dir(str(tmp_path), "mnist-mnistm", config.RECOMMENDED["method"], 0)
     with pytest.raises(config.UserError, match="recommended"):
         results.grid(results.build_parser().parse_args(["--methods", "dan"]))
+
+
+def test_per_seed_gaps_show_a_seed_where_the_method_hurts():
+    from grl_cuda.pipeline.results import per_seed_gaps
+
+    runs = {"t": {"source-only": [0.5, 0.6, 0.5], "target-only": [0.9, 0.9, 0.7], "dann": [0.7, 0.55, 0.6]}}
+    text = per_seed_gaps(runs, ["t"], ["source-only", "dann", "target-only"])
+    # each seed against its own bounds: (0.7-0.5)/0.4, (0.55-0.6)/0.3, (0.6-0.5)/0.2
+    assert "| dann | 50.0% / -16.7% / 50.0% (2/3 > 0) |" in text
+    assert "source-only |" not in text and "target-only |" not in text
