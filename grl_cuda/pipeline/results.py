@@ -221,10 +221,10 @@ def write_report(args, tasks, methods, results, records):
                    "class (the K rows of each seed: `target_labeled_rows` in the run's summary.json)", "",
                    table_by_k(results, task, methods, args.ks), ""]
     sizes = {t: data_mod.TASKS[t][1] for t in tasks}
-    options = {"lr": args.lr, "lambda_max": args.lambda_max, "normalize": args.normalize, "shift": args.shift,
-               "ema": args.ema}
+    options = {name: getattr(args, name) for name in PASSED_ON}
     md += ["Data: " + "; ".join(f"`{t}`: {d}" for t, d in sizes.items()), "",
-           "Options: " + ", ".join(f"{k} = {v}" for k, v in options.items()) + " (other options: the defaults)", ""]
+           "Options: " + ", ".join(f"{k} = {v}" for k, v in options.items()) + " (other options: the defaults; "
+           f"the recommended row: {', '.join(f'{k} = {v}' for k, v in RECOMMENDED.items())} over these)", ""]
     text = "\n".join(md)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)
