@@ -54,8 +54,8 @@ class Config:
     target: str = option(None, "target train .npz or ImageFolder (its labels are used only by target-only and "
                          "--target-labeled)", "data", defines_run=True)
     target_test: str = option(None, "target test .npz or ImageFolder", "data", defines_run=True)
-    image_size: int = option(None, "ImageFolder images are resized to this square size (default: 224 with "
-                             "--backbone, else 32)", "data", defines_run=True)
+    image_size: int = option(None, "images of --source/--target/--target-test are resized to this square size "
+                             "(default: ImageFolder 224 with --backbone, else 32; .npz 32)", "data", defines_run=True)
     target_labeled: int = option(0, "semi-supervised: K labeled target train samples per class (seeded by "
                                  "--seed, listed in summary.json; never from target test), their label loss added "
                                  "(source-only, sa, dann, dann-dsbn)", "data", defines_run=True)
