@@ -142,7 +142,7 @@ def test_compiled_and_channels_last_steps_train_like_eager(tmp_path, data_dir, m
     traced = []
     monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x, f=nn.Conv2d.forward:
                         traced.append(torch.compiler.is_compiling()) or f(self, x))
-    kw = dict(steps=150, eval_every=1000, log_every=10)
+    kw = dict(steps=60, eval_every=1000, log_every=10)
     train(cfg_for(tmp_path, data_dir, out=str(tmp_path / "eager"), **kw), progress=False)
     traced.clear()
     train(cfg_for(tmp_path, data_dir, out=str(tmp_path / "other"), **kw, **options), progress=False)
