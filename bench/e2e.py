@@ -4,6 +4,11 @@ with our layers (reversal fused into the domain head's first GEMM, fused loss) v
 each peer's reversal (+ nn.Linear head, BCE-with-logits on built labels), and the
 same model with no domain branch (the cost of adaptation).
 
+The pipeline's own step (grl_cuda.pipeline: DANN as the main job runs it, MNIST net,
+instance-normalised inputs, 64 + 64 images) eager, with --channels-last, with --compile
+and with both: steps/s side by side (compiled cases only in the full run: compiling
+takes minutes on a small CPU).
+
 And a pixel-level case where the layer's cost shows: a segmentation-style
 per-pixel discriminator (1x1 convs 256 -> 64 -> 1) on a batch of 8 x 256 x 64 x 64
 feature maps (8.4M elements through the reversal, 32k logits)."""
@@ -69,6 +74,42 @@ def dann_step_cases(arch, device):
     return cases
 
 
+PIPELINE_VARIANTS = {"eager": {}, "--channels-last": {"channels_last": True}, "--compile": {"compile": True},
+                     "--compile --channels-last": {"compile": True, "channels_last": True}}
+
+
+def pipeline_step_cases(device, quick):
+    """{variant: (step, None)}: one training step of the pipeline's DANN (loop.step's
+    train_step on a fixed batch) per --channels-last/--compile variant, each on its own
+    networks built from the same seed, warmed up (compiled) here."""
+    from grl_cuda.pipeline.config import Config
+    from grl_cuda.pipeline.data import SourceBatch, TargetBatch
+    from grl_cuda.pipeline.speed import prepare_networks
+    from grl_cuda.pipeline.methods import build_method
+
+    gen = torch.Generator().manual_seed(1)
+    xs, xt = (torch.randn(64, 3, 32, 32, generator=gen).to(device) for _ in range(2))
+    source = SourceBatch(xs, torch.randint(0, 10, (64,), generator=gen).to(device))
+    target = TargetBatch(xt, torch.arange(64, device=device))
+    cases = {}
+    for name, options in PIPELINE_VARIANTS.items():
+        if quick and options.get("compile"):
+            continue
+        cfg = Config(arch="mnist", method="dann", input_norm="instance", device=str(device), **options)
+        torch.manual_seed(0)
+        method = build_method(cfg, 10, device, (3, 32, 32))
+        prepare_networks(method, cfg)
+        method.train(True)
+
+        def step(method=method):
+            method.set_lr(0.01)
+            method.train_step(source, target, 0.5)
+        for _ in range(2):  # compiles the forward and the backward
+            step()
+        cases[name] = (step, None)
+    return cases
+
+
 def pixel_cases(device, quick):
     torch.manual_seed(0)
     b, c, h, w = (2, 256, 32, 32) if quick else (8, 256, 64, 64)
@@ -106,6 +147,11 @@ def run(device, quick):
             images = 64 if name.startswith("no domain") else 128
             rows.append({"case": f"DANN step, paper {arch} net, batch 128", "impl": name, "full": v,
                          "images_per_s": images / v["median"]})
+    t = interleaved(pipeline_step_cases(device, quick), clock, 4 if quick else 21, 1, warmup=1)
+    for name, v in t.items():
+        rows.append({"case": "pipeline DANN step (mnist net, --input-norm instance, 64 + 64)", "impl": name, "full": v,
+                     "images_per_s": 128 / v["median"], "steps_per_s": 1.0 / v["median"],
+                     "vs_eager": t["eager"]["median"] / v["median"]})
     cases, shape = pixel_cases(device, quick)
     t = interleaved(cases, clock, 3 if quick else 9, 1, warmup=1)
     for name, v in t.items():
@@ -117,7 +163,15 @@ def run(device, quick):
 def _table(rows):
     lines = ["### End to end", "", "| case | implementation | time per step | images/s |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['impl']} | {fmt(r['full']['median'])} | {r['images_per_s']:.0f} |")
+        if "steps_per_s" not in r:
+            lines.append(f"| {r['case']} | {r['impl']} | {fmt(r['full']['median'])} | {r['images_per_s']:.0f} |")
+    steps = [r for r in rows if "steps_per_s" in r]
+    if steps:
+        lines += ["", f"### {steps[0]['case']}", "", "| variant | time per step | steps/s | vs eager |",
+                  "|---|---|---|---|"]
+        for r in steps:
+            lines.append(f"| {r['impl']} | {fmt(r['full']['median'])} | {r['steps_per_s']:.2f} | "
+                         f"{r['vs_eager']:.2f}x |")
     return "\n".join(lines)
 
 

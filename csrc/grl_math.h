@@ -6,7 +6,9 @@
 // the CPU's exp_nonpositive is within 1 ulp of the correctly rounded value on
 // [-87, 0] and log1p_unit within 3 ulp on [0, 1]; CUDA documents 2 ulp for expf
 // and 1 ulp for log1pf. So the backends' exp differ by at most 3 ulp and their
-// log1p by at most 4 ulp; double and the reversal's scale are identical.
+// log1p by at most 4 ulp; double and the reversal's scale are identical. The K-way
+// loss's CPU log of the row sum (cpu/cross_entropy_rows.h: log_at_least_one) is
+// within 3 ulp on [1, 2^24] (same tool; CUDA's logf: 1 ulp).
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -141,7 +143,9 @@ GRL_HOST_DEVICE bool softmax_cross_entropy_row(const scalar_t* z, int64_t k, int
     const opmath_t p = exp_nonpositive(static_cast<opmath_t>(z[j * stride]) - lse);
     grad[j * stride] = static_cast<scalar_t>(valid ? p - (j == label ? opmath_t(1) : opmath_t(0)) : nan);
   }
-  return valid && argmax == label;
+  // A NaN in the row makes m NaN (NaN wins the max above), wherever it sits: a miss,
+  // even when the NaN is at the row's own label.
+  return valid && argmax == label && m == m;
 }
 
 }  // namespace math

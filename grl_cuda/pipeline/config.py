@@ -54,8 +54,8 @@ class Config:
     target: str = option(None, "target train .npz or ImageFolder (its labels are used only by target-only and "
                          "--target-labeled)", "data", defines_run=True)
     target_test: str = option(None, "target test .npz or ImageFolder", "data", defines_run=True)
-    image_size: int = option(None, "ImageFolder images are resized to this square size (default: 224 with "
-                             "--backbone, else 32)", "data", defines_run=True)
+    image_size: int = option(None, "images of --source/--target/--target-test are resized to this square size "
+                             "(default: ImageFolder 224 with --backbone, else 32; .npz 32)", "data", defines_run=True)
     target_labeled: int = option(0, "semi-supervised: K labeled target train samples per class (seeded by "
                                  "--seed, listed in summary.json; never from target test), their label loss added "
                                  "(source-only, sa, dann, dann-dsbn)", "data", defines_run=True)
@@ -148,7 +148,12 @@ class Config:
     device: str = option("cpu", "where to train", "run", choices=("cpu", "cuda"))
     amp: bool = option(False, "bfloat16 autocast of the training step (CUDA; on the CPU too, where it pays only "
                        "with AMX/bf16 instructions)", "run", action="store_true")
-    compile: bool = option(False, "torch.compile the networks", "run", action="store_true")
+    compile: bool = option(False, "torch.compile every network and the parts the step calls (forward and "
+                           "backward; max-pools stay ATen's kernels), in training mode; on the CPU the speed-up measured "
+                           "is --channels-last's (README, Benchmarks)", "run", action="store_true")
+    channels_last: bool = option(False, "convolution weights, and so activations, in channels-last memory "
+                                 "format (faster oneDNN convolutions and pooling on the CPU)", "run",
+                                 action="store_true")
     threads: int = option(None, "torch CPU threads", "run")
     sync_bn: bool = option(False, "torchrun: BatchNorm (also domain-specific) on the statistics of the whole "
                            "batch over all processes, not each process's share (no effect in one process)",

@@ -108,9 +108,10 @@ def check_images(x, y, what):
 
 # ---- building blocks ---------------------------------------------------------------------------
 
-def to_rgb32(images):
-    """(N, H, W) or (N, H, W, C) uint8 -> (N, 32, 32, 3): centre-padded to 32x32 when
-    smaller (MNIST's 28x28), resized otherwise; grey replicated to 3 channels."""
+def to_rgb32(images, size=32):
+    """(N, H, W) or (N, H, W, C) uint8 -> (N, size, size, 3), grey replicated to 3
+    channels: at 32x32 centre-padded when a little smaller (MNIST's 28x28), else resized
+    (bilinear)."""
     from PIL import Image
 
     if images.ndim == 3:
@@ -118,14 +119,14 @@ def to_rgb32(images):
     n, h, w, c = images.shape
     if c == 1:
         images = np.repeat(images, 3, axis=3)
-    if (h, w) == (32, 32):
+    if (h, w) == (size, size):
         return np.ascontiguousarray(images)
-    if h <= 32 and w <= 32 and h >= 24:
+    if size == 32 and h <= 32 and w <= 32 and h >= 24:
         out = np.zeros((n, 32, 32, 3), np.uint8)
         top, left = (32 - h) // 2, (32 - w) // 2
         out[:, top:top + h, left:left + w] = images
         return out
-    return np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in images])
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
 
 
 def load_mnist_subset():
@@ -392,9 +393,9 @@ def load_task(name, cache_dir=None):
 
 # ---- user data ---------------------------------------------------------------------------------
 
-def load_npz(path, what="npz file"):
+def load_npz(path, what="npz file", image_size=32):
     """An .npz with `x` and `y` (int labels) as a Split: images (uint8 N,H,W[,C]) as
-    32x32 RGB, or feature vectors (float N,D) as float32."""
+    ``image_size`` x ``image_size`` RGB, or feature vectors (float N,D) as float32."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
@@ -417,7 +418,7 @@ def load_npz(path, what="npz file"):
         raise ValueError(f"{what} {path}: 'y' must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
     if len(y) and y.min() < 0:
         raise ValueError(f"{what} {path}: labels must be >= 0, found {y.min()}")
-    return Split(x.astype(np.float32) if vectors else to_rgb32(x), y.astype(np.int64))
+    return Split(x.astype(np.float32) if vectors else to_rgb32(x, image_size), y.astype(np.int64))
 
 
 def _check_same_kind(named):
@@ -460,14 +461,18 @@ def source_paths(source):
     return paths
 
 
-def task_from_files(source, target, target_test, source_test_fraction=0.1, seed=DATA_SEED, image_size=32):
-    """A Task from user files: .npz files or ImageFolder directories (resized to
-    ``image_size``; every folder must have the same class names, which fix the label
-    order). A seeded `source_test_fraction` of each source is held out. ``source``: one
+def task_from_files(source, target, target_test, source_test_fraction=0.1, seed=DATA_SEED, image_size=None,
+                    folder_image_size=32):
+    """A Task from user files: .npz files or ImageFolder directories (every folder must
+    have the same class names, which fix the label order). Images are resized to
+    ``image_size`` (None: ImageFolder images to ``folder_image_size``, .npz images to
+    32). A seeded `source_test_fraction` of each source is held out. ``source``: one
     path, or several separated by commas (multi-source: each row then carries its
     source's index in ``Split.domain``)."""
     def load(path, what):
-        return load_image_folder(path, image_size) if os.path.isdir(path) else load_npz(path, what)
+        if os.path.isdir(path):
+            return load_image_folder(path, image_size or folder_image_size)
+        return load_npz(path, what, image_size or 32)
 
     paths = source_paths(source)
     _check_same_classes([*paths, target, target_test])
@@ -594,12 +599,18 @@ def task_for(cfg):
     if cfg.source or cfg.target or cfg.target_test:
         if not (cfg.source and cfg.target and cfg.target_test):
             raise UserError("--source, --target and --target-test go together (three .npz files)")
-        task = task_from_files(cfg.source, cfg.target, cfg.target_test,
-                               image_size=cfg.image_size or (224 if cfg.backbone else 32))
+        if cfg.target_labeled and os.path.realpath(cfg.target) == os.path.realpath(cfg.target_test):
+            raise UserError(f"--target-labeled {cfg.target_labeled} with --target and --target-test both "
+                            f"{cfg.target}: the labeled rows would be test rows; give a separate target test set")
+        task = task_from_files(cfg.source, cfg.target, cfg.target_test, image_size=cfg.image_size,
+                               folder_image_size=224 if cfg.backbone else 32)
+        if cfg.image_size and task.vectors:
+            raise UserError("--image-size resizes images; --source/--target/--target-test hold feature vectors")
     else:
+        if cfg.image_size:
+            raise UserError("--image-size resizes the images of --source/--target/--target-test (ImageFolder "
+                            "directories or .npz files); embedded tasks are 32x32")
         task = load_task(cfg.task, cfg.data_dir)
-    if cfg.image_size and not os.path.isdir(cfg.target or ""):
-        raise UserError("--image-size resizes ImageFolder directories; .npz images and embedded tasks are 32x32")
     return select_target_labeled(task, cfg.target_labeled, cfg.seed)
 
 
@@ -640,7 +651,7 @@ def to_tensors(task, device, rank=0, world=1, normalize="domain"):
       preprocessing).
 
     Training splits are sharded over ranks. With several sources, "source_domain"
-    holds the source train rows' domain ids; with --target-labeled, "target_labeled"
+    and "source_test_domain" hold the source rows' domain ids (see source_rows); with --target-labeled, "target_labeled"
     holds the labeled target rows (not sharded: every rank sees all K per class)."""
     if normalize not in NORMALIZATIONS:
         raise UserError(f"unknown --normalize {normalize!r}; choose from: {', '.join(NORMALIZATIONS)}")
@@ -673,13 +684,23 @@ def to_tensors(task, device, rank=0, world=1, normalize="domain"):
             split = split.take(slice(rank, None, world))
         xt = normalized(split, name.split("_")[0])
         out[name] = (xt.contiguous().to(device), torch.from_numpy(split.y).long().to(device))
-        if name == "source_train" and split.domain is not None:
-            out["source_domain"] = torch.from_numpy(split.domain).to(device)
+        if name.startswith("source") and split.domain is not None:
+            out[DOMAIN_KEYS[name]] = torch.from_numpy(split.domain).to(device)
     if task.target_labeled is not None:
         labeled = tgt.take(task.target_labeled)
         out["target_labeled"] = (normalized(labeled, "target").contiguous().to(device),
                                  torch.from_numpy(labeled.y).long().to(device))
     return out
+
+
+DOMAIN_KEYS = {"source_train": "source_domain", "source_test": "source_test_domain"}
+
+
+def source_rows(tensors, split):
+    """What ``Method.predict``/``embed`` get as the domain of source split ``split``'s rows
+    ("source_train" or "source_test"): with several sources an int64 tensor of each row's
+    source id (networks with a BatchNorm per source route each row by it), else "source"."""
+    return tensors.get(DOMAIN_KEYS[split], "source")
 
 
 def random_shift(x, max_shift, generator):

@@ -10,10 +10,14 @@ SA_COMPONENTS = (2, 5, 10, 15, 20, 30, 40, 50, 60)  # the paper searched d in {2
 
 @torch.no_grad()
 def embed_all(method, x, domain, batch=512):
-    """``method.embed`` of all of ``x`` (images of ``domain``) in eval mode, as numpy."""
+    """``method.embed`` of all of ``x`` (images of ``domain``: a name, or each row's source
+    id, data.source_rows) in eval mode, as numpy."""
+    from .evaluate import rows_of
+
     was_training = [n.training for n in method.networks().values()]
     method.train(False)
-    out = torch.cat([method.embed(x[i:i + batch], domain).float().cpu() for i in range(0, len(x), batch)])
+    out = torch.cat([method.embed(x[i:i + batch], rows_of(domain, i, batch)).float().cpu()
+                     for i in range(0, len(x), batch)])
     for net, mode in zip(method.networks().values(), was_training):
         net.train(mode)
     return out.numpy()
@@ -33,8 +37,10 @@ def subspace_alignment(method, data):
     labels are used)."""
     from sklearn.linear_model import LogisticRegression
 
-    fs = embed_all(method, data["source_train"][0], "source")
-    fs_test = embed_all(method, data["source_test"][0], "source")
+    from .data import source_rows
+
+    fs = embed_all(method, data["source_train"][0], source_rows(data, "source_train"))
+    fs_test = embed_all(method, data["source_test"][0], source_rows(data, "source_test"))
     ft = embed_all(method, data["target_train"][0], "target")
     ft_test = embed_all(method, data["target_test"][0], "target")
     ys = data["source_train"][1].cpu().numpy()

@@ -168,6 +168,8 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         count = torch.full((1,), x.numel() // x.shape[1], dtype=x.dtype, device=x.device)
         sums = all_reduce_sum(torch.cat([x.sum(dims), count]))
         n = sums[-1]
+        if n == 0:  # no rank has rows (a source absent from every rank's batch: DomainBatchNorm2d)
+            return x
         mean = sums[:-1] / n
         centred = x - mean.view(shape)
         var = all_reduce_sum((centred * centred).sum(dims)) / n

@@ -8,14 +8,22 @@ import contextlib
 import torch
 
 from . import diagnostics
+from .data import source_rows
 
 
 @torch.no_grad()
 def predicted_classes(method, x, domain, batch=512):
-    """``method``'s predicted class of every image of ``x`` (images of ``domain``), in batches."""
+    """``method``'s predicted class of every image of ``x`` (images of ``domain``: "source",
+    "target", or each row's source id, data.source_rows), in batches."""
     if len(x) == 0:
         return torch.zeros(0, dtype=torch.long, device=x.device)
-    return torch.cat([method.predict(x[i:i + batch], domain).argmax(1) for i in range(0, len(x), batch)])
+    return torch.cat([method.predict(x[i:i + batch], rows_of(domain, i, batch)).argmax(1)
+                      for i in range(0, len(x), batch)])
+
+
+def rows_of(domain, start, batch):
+    """The part of ``domain`` (a name, or one source id per row) for rows start..start+batch."""
+    return domain[start:start + batch] if torch.is_tensor(domain) else domain
 
 
 def accuracy(method, x, y, domain):
@@ -28,14 +36,14 @@ def accuracy(method, x, y, domain):
 def test_accuracies(method, tensors, step):
     """The metrics record of one evaluation on both test splits."""
     return {"kind": "eval", "step": step,
-            "source_test_acc": accuracy(method, *tensors["source_test"], "source"),
+            "source_test_acc": accuracy(method, *tensors["source_test"], source_rows(tensors, "source_test")),
             "target_test_acc": accuracy(method, *tensors["target_test"], "target")}
 
 
 def final_metrics(method, tensors, final_eval, seed):
     """The end-of-run numbers beyond accuracy: the test features (for the t-SNE), their
     proxy A-distance, and Subspace Alignment where the method asks for it."""
-    features = (diagnostics.embed_all(method, tensors["source_test"][0], "source"),
+    features = (diagnostics.embed_all(method, tensors["source_test"][0], source_rows(tensors, "source_test")),
                 diagnostics.embed_all(method, tensors["target_test"][0], "target"))
     extra = {"proxy_a_distance": diagnostics.proxy_a_distance(*features, seed=seed)}
     if method.subspace_alignment:

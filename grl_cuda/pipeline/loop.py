@@ -24,7 +24,7 @@ import torch.distributed as dist
 from grl_cuda.schedules import annealed_lr
 
 from . import config as config_mod
-from . import diagnostics, distributed, guard, health, models, runs
+from . import diagnostics, distributed, guard, health, models, runs, speed
 from .config import UserError
 from .data import (EpochSampler, LabeledRows, LabeledTargetBatch, SemiSupervisedTargetBatch, SourceBatch, TargetBatch,
                    random_invert, random_shift, task_for, to_tensors)
@@ -234,9 +234,7 @@ def setup(cfg):
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     method = build_method(cfg, task.num_classes, device, task.image_shape)
-    if cfg.compile:
-        for net in method.networks().values():
-            net.compile()
+    speed.prepare_networks(method, cfg)  # --channels-last, --compile
     distributed.wrap(method, cfg, world)  # --sync-bn, DistributedDataParallel
     per_rank_batch = cfg.batch_size // world
     samplers = {domain: EpochSampler(len(tensors[f"{domain}_train"][1]), per_rank_batch,

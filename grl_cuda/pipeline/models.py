@@ -14,46 +14,102 @@ DOMAINS = ("source", "target")
 
 class DomainBatchNorm2d(nn.Module):
     """Domain-specific BatchNorm (DSBN; Chang et al., CVPR 2019): one BatchNorm2d, with
-    its own statistics and affine parameters, per domain. A batch shared by both
-    domains (the DANN minibatch) is routed by ``route_domains``: its first
-    ``n_source`` rows go through the source layer, the rest through the target
-    layer. Otherwise the whole input goes through the layer of ``domain``.
+    its own statistics and affine parameters, per domain: each source domain and the
+    target. A batch shared by several domains (the DANN minibatch) is routed by
+    ``route_domains``: its first rows, in blocks of ``source_sizes`` (one block per
+    source, in source order), go through their source's layer, the rest through the
+    target layer. Otherwise the whole input goes through the layer of ``domain``.
 
     Why: with one BatchNorm the running statistics are a mixture that fits neither
     domain at test time, and the per-domain shift in low-level statistics is exactly
-    what the adversary would otherwise have to remove from the features."""
+    what the adversary would otherwise have to remove from the features. With several
+    sources the same holds between the sources (MNIST and Syn Numbers differ as much
+    as either differs from the target)."""
 
-    def __init__(self, num_features):
+    def __init__(self, num_features, num_sources=1):
         super().__init__()
-        self.source = nn.BatchNorm2d(num_features)
+        if num_sources < 1:
+            raise ValueError(f"num_sources must be at least 1, got {num_sources}")
+        self.source = nn.BatchNorm2d(num_features)  # source 0 (the only one with one source)
+        # sources 1..S-1 of a multi-source run; empty with one source, whose state_dict keys stay as they were
+        self.more_sources = nn.ModuleList(nn.BatchNorm2d(num_features) for _ in range(num_sources - 1))
         self.target = nn.BatchNorm2d(num_features)
-        self.n_source = None
+        self.source_sizes = None
         self.domain = "target"
 
+    @property
+    def num_sources(self):
+        return 1 + len(self.more_sources)
+
+    def layer(self, domain):
+        """The BatchNorm of ``domain``: "target", "source" (one source only) or a source's index."""
+        if domain == "target":
+            return self.target
+        if domain == "source":
+            if self.num_sources > 1:  # which source's statistics would be a guess: a silent wrong answer
+                raise ValueError(f"{self.num_sources} source domains: route source rows by their source "
+                                 "index (route_domains(source_sizes=...)), not by domain='source'")
+            return self.source
+        return self.source if domain == 0 else self.more_sources[domain - 1]
+
     def forward(self, x):
-        if self.n_source is not None:
-            n = self.n_source
+        sizes = self.source_sizes
+        if sizes is None:
+            return self.layer(self.domain)(x)
+        if len(sizes) == 1:  # one source: as before multi-source DSBN existed, to the bit
+            n = sizes[0]
             return torch.cat([self.source(x[:n]), self.target(x[n:])])
-        return getattr(self, self.domain)(x)
+        parts = x.split([*sizes, x.shape[0] - sum(sizes)])
+        layers = [self.layer(d if d < len(sizes) else "target") for d in range(len(parts))]
+        # A domain absent from this batch is skipped (BatchNorm of no rows has no statistics),
+        # except by a synchronised BatchNorm (--sync-bn): every rank must join its all-reduce.
+        return torch.cat([layer(part) for layer, part in zip(layers, parts)
+                          if part.shape[0] or type(layer) is not nn.BatchNorm2d])
 
 
 @contextlib.contextmanager
-def route_domains(model, n_source=None, domain="target"):
-    """Within the block, every DomainBatchNorm2d in ``model`` sends the first
-    ``n_source`` rows of its input to the source statistics and the rest to the
-    target's (n_source given), or all rows to ``domain``'s. A no-op for models
-    without domain BatchNorm."""
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+def route_domains(model, n_source=None, domain="target", source_sizes=None):
+    """Within the block, every DomainBatchNorm2d in ``model`` sends its input's rows
+    to the statistics of their domain:
+
+    - ``source_sizes`` [n_0, .., n_{S-1}]: the first n_0 rows to source 0, the next n_1
+      to source 1, ..., the remaining rows (if any) to the target;
+    - ``n_source``: the same as ``source_sizes=[n_source]`` (one source);
+    - else all rows to ``domain`` ("source", "target", or a source's index).
+
+    A no-op for models without domain BatchNorm."""
+    if n_source is not None:
+        if source_sizes is not None:
+            raise ValueError("give n_source or source_sizes, not both")
+        source_sizes = [n_source]
+    if source_sizes is None and domain not in DOMAINS and not isinstance(domain, int):
+        raise ValueError(f"domain must be one of {DOMAINS} or a source index, got {domain!r}")
     layers = [m for m in model.modules() if isinstance(m, DomainBatchNorm2d)]
-    saved = [(m.n_source, m.domain) for m in layers]
+    if source_sizes is not None:
+        source_sizes = [int(n) for n in source_sizes]
+        for m in layers:
+            if len(source_sizes) != m.num_sources:
+                raise ValueError(f"source_sizes has {len(source_sizes)} entries for a DomainBatchNorm2d of "
+                                 f"{m.num_sources} source domains")
+    elif isinstance(domain, int):
+        for m in layers:
+            if not 0 <= domain < m.num_sources:
+                raise ValueError(f"source index {domain} out of range for {m.num_sources} source domains")
+    saved = [(m.source_sizes, m.domain) for m in layers]
     for m in layers:
-        m.n_source, m.domain = n_source, domain
+        m.source_sizes, m.domain = source_sizes, domain
     try:
         yield
     finally:
         for m, (n, d) in zip(layers, saved):
-            m.n_source, m.domain = n, d
+            m.source_sizes, m.domain = n, d
+
+
+def sorted_by_source(ids, num_sources):
+    """(order, sizes): a stable order that groups rows by source id 0..S-1, and each
+    source's row count, which is what route_domains(source_sizes=...) reads."""
+    order = torch.argsort(ids, stable=True)
+    return order, torch.bincount(ids, minlength=num_sources).tolist()
 
 
 class DigitNet(nn.Module):
@@ -88,20 +144,21 @@ class DigitNet(nn.Module):
 
 
 def _conv(in_channels, out_channels, norm, padding=0):
-    """conv5x5 - [BatchNorm] - ReLU. ``norm``: None, "batch" (one BatchNorm2d) or "domain"
-    (a DomainBatchNorm2d)."""
+    """conv5x5 - [BatchNorm] - ReLU. ``norm``: None, "batch" (one BatchNorm2d) or an int
+    S (a DomainBatchNorm2d for S source domains and the target)."""
     layers = [nn.Conv2d(in_channels, out_channels, 5, padding=padding)]
     if norm == "batch":
         layers.append(nn.BatchNorm2d(out_channels))
-    elif norm == "domain":
-        layers.append(DomainBatchNorm2d(out_channels))
+    elif norm is not None:
+        layers.append(DomainBatchNorm2d(out_channels, num_sources=norm))
     return layers + [nn.ReLU(inplace=True)]
 
 
 def _conv_norm(batch_norm, domain_bn):
+    """``domain_bn``: False, or the number of source domains of the DomainBatchNorm2d (True: one)."""
     if batch_norm and domain_bn:
         raise ValueError("batch_norm and domain_bn exclude each other")
-    return "domain" if domain_bn else "batch" if batch_norm else None
+    return int(domain_bn) if domain_bn else "batch" if batch_norm else None
 
 
 def _input_layers(input_norm):
@@ -118,7 +175,8 @@ def _input_layers(input_norm):
 
 def mnist_net(num_classes=10, domain_bn=False, batch_norm=False, input_norm=None):
     """conv5x5 32 - ReLU - maxpool 2/2 - conv5x5 48 - ReLU - maxpool 2/2 | FC100-ReLU-FC100-ReLU-FC10.
-    Not in the paper: ``domain_bn``, a DomainBatchNorm2d after each convolution;
+    Not in the paper: ``domain_bn``, a DomainBatchNorm2d after each convolution (an int:
+    for that many source domains; True: one);
     ``batch_norm``, a BatchNorm after each convolution and each hidden FC layer;
     ``input_norm`` (see _input_layers)."""
     norm = _conv_norm(batch_norm, domain_bn)
@@ -137,7 +195,7 @@ def mnist_bn_net(num_classes=10, domain_bn=False, input_norm=None):
 
 def svhn_net(num_classes=10, domain_bn=False, input_norm=None):
     """conv5x5 64 - maxpool 3/2 - conv5x5 64 - maxpool 3/2 - conv5x5 128 | FC3072-FC2048-FC10, dropout.
-    ``domain_bn``: a DomainBatchNorm2d after each convolution (not in the paper)."""
+    ``domain_bn``: a DomainBatchNorm2d after each convolution, as in mnist_net (not in the paper)."""
     norm = _conv_norm(False, domain_bn)
     extractor = nn.Sequential(
         *_input_layers(input_norm),

@@ -266,7 +266,7 @@ def tsne_before_after(args, task, methods):
     for method in methods:
         cfg, t, m = load_run(run_dir(args.out, task, method, 0), args.data_dir)
         tensors = to_tensors(t, torch.device("cpu"), normalize=cfg.normalize)
-        fs = diagnostics.embed_all(m, tensors["source_test"][0], "source")
+        fs = diagnostics.embed_all(m, tensors["source_test"][0], data_mod.source_rows(tensors, "source_test"))
         ft = diagnostics.embed_all(m, tensors["target_test"][0], "target")
         panels.append((f"{method}: d_A = {diagnostics.proxy_a_distance(fs, ft):.2f}", fs, ft))
     diagnostics.plot_tsne(panels, os.path.join(args.out, "tsne_before_after.png"))

@@ -43,8 +43,12 @@ def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True
     files = {"source": (task.target_train.x, labels.numpy()),  # the run's target, labeled by the run
              "target": (task.source_train.x, task.source_train.y),  # its labels reach only logged diagnostics
              "target_test": (task.source_test.x, task.source_test.y)}
+    # The reverse run reads these images at the run's own size (an ImageFolder run's, 224x224 by
+    # default with --backbone), not at the 32x32 that .npz images default to.
+    size = None if task.vectors else task.image_shape[0]
     reverse_cfg = dataclasses.replace(
         cfg, **{name: os.path.join(folder, f"{name}.npz") for name in files}, out=folder,
+        image_size=cfg.image_size if size in (None, 32) else size,
         steps=steps or cfg.steps, threads=threads or cfg.threads, resume=False, plots=False, stop_after=None,
         target_labeled=0)  # the reverse target is the source: no labels of it are read
     summary_path = os.path.join(folder, "summary.json")

@@ -399,6 +399,16 @@ def test_domain_cross_entropy_matches_cpu_kernel_and_pytorch(dtype, rows, k):
     torch.testing.assert_close(loss.double(), expected, rtol=max(rtol, 1e-6) * 10, atol=atol * 10)
 
 
+def test_domain_cross_entropy_nan_row_is_never_a_hit():
+    # the CUDA row code (math::softmax_cross_entropy_row): a NaN at the row's own id is a miss
+    z = torch.tensor([[float("nan"), 0.0, 1.0], [0.0, float("nan"), 1.0], [5.0, 0.0, float("nan")],
+                      [5.0, 0.0, 1.0]]).repeat(100, 1)
+    d = torch.tensor([0, 1, 0, 0]).repeat(100)
+    _, _, acc = run_cross_entropy(z, d)
+    assert acc.item() == 0.25
+    assert acc.item() == torch.ops.grl_cuda.domain_cross_entropy(z, d, "mean")[2].item()
+
+
 def test_domain_cross_entropy_bitwise_identical_under_every_schedule():
     z = torch.randn(140_001, 3)
     d = torch.randint(0, 3, (140_001,))

@@ -71,6 +71,20 @@ def test_nan_propagates():
     assert torch.isnan(grl_cuda.domain_cross_entropy(z, torch.tensor([0, 1, 2])))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows", [4, 300])  # one block of rows, and several with a ragged end
+def test_nan_row_is_never_a_hit(dtype, rows):
+    # A NaN wins the row's max so that the loss propagates it; the accuracy must still call
+    # the row a miss, also when the NaN sits at the row's own id (it used to count as a hit).
+    z = torch.tensor([[float("nan"), 0.0, 1.0],  # NaN at the id: a miss
+                      [0.0, float("nan"), 1.0],  # NaN at the id, not in column 0: a miss
+                      [5.0, 0.0, float("nan")],  # largest finite logit at the id, NaN elsewhere: a miss
+                      [5.0, 0.0, 1.0]], dtype=dtype).repeat(rows // 4, 1)  # a clean hit
+    d = torch.tensor([0, 1, 0, 0]).repeat(rows // 4)
+    _, acc = grl_cuda.domain_cross_entropy(z, d, return_accuracy=True)
+    assert acc.item() == 0.25
+
+
 @pytest.mark.parametrize("logits, domains, error, match", [
     (torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), ValueError, "K >= 2"),
     (torch.zeros(4), torch.zeros(4, dtype=torch.long), ValueError, r"shape \(N, K\)"),

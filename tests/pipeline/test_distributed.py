@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from grl_cuda.pipeline import distributed, runs
+from grl_cuda.pipeline import distributed, runs, speed
 from grl_cuda.pipeline.config import Config
 from grl_cuda.pipeline.data import SourceBatch, TargetBatch
 from grl_cuda.pipeline.loop import fit
@@ -89,8 +89,7 @@ def _train(options, rank, world):
         for m in net.modules():
             if isinstance(m, nn.Dropout):  # dropout masks cannot agree between 1 and 2 processes
                 m.p = 0.0
-        if cfg.compile:
-            net.compile()
+    speed.prepare_networks(method, cfg)  # --compile, as the loop does
     distributed.wrap(method, cfg, world)
     assert (method.ddp is not None) == (world > 1 and cfg.ddp and method.distribute == "ddp")
     xs, ys, xt = global_batch()

@@ -47,7 +47,8 @@ def test_short_dann_run_beats_chance_and_writes_outputs(tmp_path, data_dir, meth
 @pytest.mark.parametrize("method, options", [("dann", {}), ("dann-dsbn", {}), ("source-only", {}),
                                              ("dann-dsbn", {"ema": 0.9}),
                                              ("dann", {"arch": "mnist-bn", "passes": "separate", "optimizer": "adam",
-                                                       "lr": 0.001, "input_norm": "instance", "invert": 0.5})])
+                                                       "lr": 0.001, "input_norm": "instance", "invert": 0.5}),
+                                             ("dann", {"compile": True, "channels_last": True})])
 def test_resume_is_bit_exact(tmp_path, data_dir, assert_same_outputs, method, options):
     straight = cfg_for(tmp_path, data_dir, method=method, out=str(tmp_path / "straight"), **options)
     train(straight, progress=False)
@@ -126,6 +127,36 @@ def test_ema_run_evaluates_and_reloads_the_averaged_weights(tmp_path, data_dir):
 def test_compile_flag_runs(tmp_path, data_dir):
     summary = train(cfg_for(tmp_path, data_dir, steps=4, eval_every=1000, compile=True), progress=False)
     assert summary["steps"] == 4 and 0.0 <= summary["target_test_acc"] <= 1.0
+
+
+def _train_records(out):
+    return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl")) if '"train"' in x]
+
+
+@pytest.mark.parametrize("options", [{"compile": True}, {"channels_last": True}])
+def test_compiled_and_channels_last_steps_train_like_eager(tmp_path, data_dir, monkeypatch, options):
+    # --compile must compile the step's convolutions: methods call model.features, not the
+    # model's forward, so compiling each network alone left them in eager (seen: False only)
+    from torch import nn
+
+    traced = []
+    monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x, f=nn.Conv2d.forward:
+                        traced.append(torch.compiler.is_compiling()) or f(self, x))
+    kw = dict(steps=60, eval_every=1000, log_every=10)
+    train(cfg_for(tmp_path, data_dir, out=str(tmp_path / "eager"), **kw), progress=False)
+    traced.clear()
+    train(cfg_for(tmp_path, data_dir, out=str(tmp_path / "other"), **kw, **options), progress=False)
+    assert (True in traced) == bool(options.get("compile"))
+    if options.get("channels_last"):
+        ckpt = torch.load(tmp_path / "other" / "checkpoint.pt", weights_only=False)
+        assert ckpt["method"]["networks"]["model"]["extractor.0.weight"].is_contiguous(
+            memory_format=torch.channels_last)
+    # the same training within float rounding (other kernels, other summation orders)
+    eager, other = _train_records(str(tmp_path / "eager")), _train_records(str(tmp_path / "other"))
+    assert [r["step"] for r in eager] == [r["step"] for r in other]
+    for a, b in zip(eager, other):
+        for key in ("label_loss", "domain_loss"):
+            assert abs(a[key] - b[key]) <= 1e-3 + 1e-3 * abs(a[key]), (a["step"], key, a[key], b[key])
 
 
 def test_amp_flag_trains_under_cpu_autocast(tmp_path, data_dir, monkeypatch):

@@ -71,7 +71,7 @@ def test_dann_dsbn_evaluates_each_domain_with_its_own_statistics(tmp_path):
     method.set_lr(0.01)
     method.train_step(SourceBatch(xs, torch.arange(8) % 10), TargetBatch(xt), 0.5)
     layer = next(m for m in method.model.modules() if isinstance(m, DomainBatchNorm2d))
-    assert layer.n_source is None  # the routing is undone after the step
+    assert layer.source_sizes is None  # the routing is undone after the step
     assert layer.source.running_mean.abs().sum() > 0 and not torch.equal(layer.source.running_mean,
                                                                           layer.target.running_mean)
     method.train(False)

@@ -156,6 +156,137 @@ def test_incompatible_sources_are_refused(tmp_path, files, make, message):
         data.task_from_files(f"{a},{a}", b, b)
 
 
+# ---- multi-source domain-specific BatchNorm ------------------------------------------------------
+
+def _dsbn(num_sources=2, passes="joint"):
+    from grl_cuda.pipeline.methods import get_method
+    from grl_cuda.pipeline.models import mnist_net
+
+    cfg = Config(method="dann-dsbn", arch="mnist", source_domains=num_sources, passes=passes)
+    torch.manual_seed(0)
+    return get_method("dann-dsbn")(cfg, lambda **o: mnist_net(10, **o), 10, torch.device("cpu"))
+
+
+def _first_dsbn(method):
+    from grl_cuda.pipeline.models import DomainBatchNorm2d
+
+    return next(m for m in method.model.modules() if isinstance(m, DomainBatchNorm2d))
+
+
+def _three_domains(n=12):
+    """Source rows of two sources, interleaved (as the loop samples them), and target rows,
+    each domain with statistics of its own."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1][:n])
+    xs = torch.randn(n, 3, 32, 32, generator=g) + torch.where(ids == 0, -2.0, 3.0).view(-1, 1, 1, 1)
+    xt = torch.randn(8, 3, 32, 32, generator=g) * 2 + 0.5
+    return xs, torch.arange(n) % 10, ids, xt
+
+
+@pytest.mark.parametrize("passes", ["joint", "separate"])
+def test_each_source_goes_through_its_own_batchnorm(passes):
+    method = _dsbn(passes=passes)
+    layer = _first_dsbn(method)
+    assert layer.num_sources == 2
+    seen = {}
+    for name, bn in (("source 0", layer.source), ("source 1", layer.more_sources[0]), ("target", layer.target)):
+        bn.register_forward_hook(lambda m, inp, out, name=name: seen.setdefault(name, []).append(inp[0].detach()))
+    xs, ys, ids, xt = _three_domains()
+    conv = method.model.extractor[0]  # the first DSBN layer reads conv1's output
+    with torch.no_grad():
+        expected = {"source 0": conv(xs[ids == 0]), "source 1": conv(xs[ids == 1]), "target": conv(xt)}
+    method.set_lr(0.01)
+    method.train_step(data.SourceBatch(xs, ys, ids), data.TargetBatch(xt), 0.5)
+    for name, rows in expected.items():
+        assert len(seen[name]) == 1, name
+        torch.testing.assert_close(seen[name][0], rows)  # exactly that domain's rows, each once
+        bn = {"source 0": layer.source, "source 1": layer.more_sources[0], "target": layer.target}[name]
+        # its running statistics: one momentum step from zero towards that domain's batch mean
+        torch.testing.assert_close(bn.running_mean, 0.1 * rows.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    means = [layer.source.running_mean, layer.more_sources[0].running_mean, layer.target.running_mean]
+    assert all(not torch.allclose(a, b, atol=1e-3) for i, a in enumerate(means) for b in means[i + 1:])
+    assert layer.source_sizes is None  # routing undone after the step
+
+
+def test_multi_source_dsbn_predicts_target_with_the_target_statistics_and_sources_by_their_own():
+    from grl_cuda.pipeline.evaluate import predicted_classes
+    from grl_cuda.pipeline.models import route_domains
+
+    method = _dsbn()
+    xs, ys, ids, xt = _three_domains()
+    method.set_lr(0.01)
+    for _ in range(3):
+        method.train_step(data.SourceBatch(xs, ys, ids), data.TargetBatch(xt), 0.5)
+    method.train(False)
+    layer = _first_dsbn(method)
+    used = []
+    for name, bn in (("source 0", layer.source), ("source 1", layer.more_sources[0]), ("target", layer.target)):
+        bn.register_forward_hook(lambda m, inp, out, name=name: used.append(name))
+    with torch.no_grad():
+        on_target = method.predict(xt, "target")
+        assert used == ["target"]
+        with route_domains(method.model, domain=0):
+            as_source0 = method.model(xt)
+        assert not torch.allclose(on_target, as_source0, atol=1e-4)  # the statistics differ: so do the logits
+        # source rows, interleaved, each by its own source's statistics, back in their own order
+        used.clear()
+        routed = method.predict(xs, ids)
+        assert sorted(set(used)) == ["source 0", "source 1"]
+        for d in (0, 1):
+            with route_domains(method.model, domain=d):
+                torch.testing.assert_close(routed[ids == d], method.model(xs[ids == d]))
+        # evaluation in batches slices the ids with the rows
+        torch.testing.assert_close(predicted_classes(method, xs, ids, batch=5), routed.argmax(1))
+        with pytest.raises(ValueError, match="route source rows by their source index"):
+            method.predict(xs, "source")  # which source's statistics: refused, not guessed
+
+
+def test_single_source_dsbn_is_unchanged():
+    """One source: the layers and their state_dict keys of before multi-source DSBN
+    (old checkpoints load), and the routed pass is the old formula to the bit."""
+    from grl_cuda.pipeline.models import DomainBatchNorm2d, mnist_net, route_domains
+
+    method = _dsbn(num_sources=1)
+    keys = set(method.model.state_dict())
+    assert not any("more_sources" in k for k in keys)
+    assert {"extractor.1.source.running_mean", "extractor.1.target.weight"} <= keys
+    assert keys == set(mnist_net(10, domain_bn=True).state_dict())
+    torch.manual_seed(0)
+    a, b = DomainBatchNorm2d(3), DomainBatchNorm2d(3)
+    x = torch.randn(10, 3, 4, 4)
+    with route_domains(a, n_source=6):
+        out = a(x)
+    reference = torch.cat([b.source(x[:6]), b.target(x[6:])])  # what the layer computed before
+    assert torch.equal(out, reference)
+    assert torch.equal(a.source.running_var, b.source.running_var)
+    assert torch.equal(a.target.running_mean, b.target.running_mean)
+
+
+def test_a_source_missing_from_a_batch_leaves_its_batchnorm_alone():
+    from grl_cuda.pipeline.models import DomainBatchNorm2d, route_domains
+
+    bn = DomainBatchNorm2d(2, num_sources=3)
+    x = torch.randn(7, 2, 3, 3)
+    with route_domains(bn, source_sizes=[3, 0, 2]):  # no row of source 1
+        out = bn(x)
+    assert out.shape == x.shape
+    assert bn.more_sources[0].num_batches_tracked == 0 and bn.more_sources[1].num_batches_tracked == 1
+    with pytest.raises(ValueError, match="2 entries for a DomainBatchNorm2d of 3 source domains"):
+        with route_domains(bn, source_sizes=[3, 4]):
+            pass
+
+
+def test_multi_source_dsbn_run_reports_per_source_batchnorm(tmp_path, files):
+    cfg = _cfg(tmp_path, source=f"{files['a']},{files['b']}", target=files["t"], target_test=files["tt"],
+               method="dann-dsbn")
+    summary = fit(cfg, progress=False)
+    assert summary["config"]["source_domains"] == 2 and 0 <= summary["source_test_acc"] <= 1
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["method"]["networks"]["model"]
+    assert "extractor.1.more_sources.0.running_mean" in state
+    stats = [state[f"extractor.1.{k}.running_mean"] for k in ("source", "more_sources.0", "target")]
+    assert not torch.allclose(stats[0], stats[1]) and not torch.allclose(stats[1], stats[2])
+
+
 # ---- vectors -----------------------------------------------------------------------------------
 
 def test_vectors_train_the_shallow_net(tmp_path):
@@ -274,6 +405,7 @@ def test_backbone_weights_are_loaded(folders):
     (lambda p, f: dict(weights=str(p / "none.pt")), "no such file"),
     (lambda p, f: dict(backbone=None, weights=str(p / "none.pt")), "--weights needs --backbone"),
     (lambda p, f: dict(target_labeled=7), "larger than class"),
+    (lambda p, f: dict(target_test=f["t"], target_labeled=1), "the labeled rows would be test rows"),
 ])
 def test_image_folder_bad_input_is_refused_before_training(tmp_path, folders, change, message):
     kw = dict(source=folders["s"], target=folders["t"], target_test=folders["tt"], backbone="resnet18",
@@ -302,7 +434,38 @@ def test_results_table_has_a_column_per_k(tmp_path, data_dir):
     assert os.path.exists(os.path.join(out, "runs", "mnist-mnistm", "dann+k2", "seed0", "summary.json"))
 
 
-def test_image_size_without_image_folders_is_refused(tmp_path, files):
-    cfg = _cfg(tmp_path, source=files["a"], target=files["t"], target_test=files["tt"], image_size=64)
-    with pytest.raises(UserError, match="--image-size resizes ImageFolder directories"):
-        fit(cfg, progress=False)
+def test_image_size_resizes_npz_images_and_is_refused_where_there_are_none(tmp_path, files):
+    task = data.task_for(_cfg(tmp_path, source=files["a"], target=files["t"], target_test=files["tt"], image_size=20))
+    assert task.image_shape == (20, 20, 3) and task.target_test.x.shape[1:] == (20, 20, 3)
+    assert data.task_for(_cfg(tmp_path, source=files["a"], target=files["t"],
+                              target_test=files["tt"])).image_shape == (32, 32, 3)  # the .npz default
+    with pytest.raises(UserError, match="embedded tasks are 32x32"):
+        fit(_cfg(tmp_path, task="mnist-mnistm", image_size=64), progress=False)
+    vec = [_vectors(tmp_path / f"{n}.npz", 20, i) for i, n in enumerate(("vs", "vt", "vtt"))]
+    with pytest.raises(UserError, match="hold feature vectors"):
+        fit(_cfg(tmp_path, source=vec[0], target=vec[1], target_test=vec[2], image_size=64), progress=False)
+
+
+@pytest.mark.parametrize("image_size, seen", [(40, 40), (None, 224)])
+def test_reverse_validation_of_an_image_folder_run_sees_the_runs_image_size(tmp_path, folders, monkeypatch,
+                                                                          image_size, seen):
+    """The reverse model trains on the run's images at the run's size (ImageFolder with a
+    backbone: --image-size, or 224 by default), not on 32x32 copies."""
+    from grl_cuda.pipeline import reverse_validation
+
+    kw = dict(source=folders["s"], target=folders["t"], target_test=folders["tt"], backbone="resnet18",
+              image_size=image_size, steps=2, batch_size=4, eval_every=2)
+    fit(_cfg(tmp_path, **kw), progress=False)
+    shapes = []
+    original = dann_mod.DANN.train_step
+
+    def spy(self, source, target, progress):
+        shapes.append((tuple(source.x.shape[1:]), tuple(target.x.shape[1:])))
+        return original(self, source, target, progress)
+
+    monkeypatch.setattr(dann_mod.DANN, "train_step", spy)
+    row = reverse_validation.reverse_validate(str(tmp_path / "run"), progress=False)
+    assert shapes == [((3, seen, seen), (3, seen, seen))] * 2  # both reverse steps, source and target
+    assert 0.0 <= row["score"] <= 1.0
+    reverse = json.load(open(tmp_path / "run" / "reverse" / "summary.json"))
+    assert reverse["config"]["arch"] == "resnet18"

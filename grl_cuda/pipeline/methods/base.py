@@ -73,8 +73,9 @@ class Method:
 
     def predict(self, x, domain="target"):
         """Class logits for evaluation (eval mode, no grad: the loop sets those).
-        ``domain`` ("source" or "target") says where ``x`` comes from, for networks
-        that normalise each domain by its own statistics."""
+        ``domain`` ("source" or "target"; with several sources, an int64 tensor of each
+        source row's source id: data.source_rows) says where ``x`` comes from, for
+        networks that normalise each domain by its own statistics."""
         raise NotImplementedError
 
     def embed(self, x, domain="target"):

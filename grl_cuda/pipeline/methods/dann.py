@@ -1,6 +1,8 @@
 """DANN (Ganin & Lempitsky, 2015): label loss on source, plus the domain
 classifier's loss on source and target behind a gradient reversal layer."""
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -8,7 +10,7 @@ from grl_cuda import domain_bce_with_logits, domain_cross_entropy
 from grl_cuda.schedules import dann_lambda
 
 from ..config import disc_hidden
-from ..models import domain_head, route_domains
+from ..models import domain_head, route_domains, sorted_by_source
 from .base import Method
 
 
@@ -96,21 +98,53 @@ class DANNDomainBN(DANN):
     convolution (DSBN, Chang et al., CVPR 2019; not in the DANN paper): the same
     loss, schedules and reversal, but each domain's rows of the shared minibatch are
     normalised by that domain's own batch statistics, and evaluation uses the
-    running statistics of the domain the images come from."""
+    running statistics of the domain the images come from. With S > 1 sources, one
+    BatchNorm per source and one for the target: the step groups the source rows by
+    source (the losses are means over rows, so the order does not matter) and each
+    group goes through its source's BatchNorm; the K-way domain head is DANN's."""
 
     name = "dann-dsbn"
 
+    def __init__(self, cfg, model_factory, num_classes, device):
+        super().__init__(cfg, model_factory, num_classes, device)
+        # a source missing from a batch leaves its BatchNorm without a gradient that step
+        self.find_unused_parameters = cfg.source_domains > 1
+        self.source_sizes = None
+
     def build_model(self, model_factory):
-        return model_factory(domain_bn=True)
+        return model_factory(domain_bn=self.cfg.source_domains)
 
     def losses(self, source, target, progress):
-        with route_domains(self.model, n_source=source.x.shape[0]):
+        if self.cfg.source_domains == 1:
+            self.source_sizes = [source.x.shape[0]]
+        else:
+            order, self.source_sizes = sorted_by_source(source.domain, self.cfg.source_domains)
+            source = dataclasses.replace(source, x=source.x[order], y=source.y[order], domain=source.domain[order])
+        with route_domains(self.model, source_sizes=self.source_sizes):
             return super().losses(source, target, progress)
 
+    def features_of_both(self, xs, xt):
+        if self.cfg.passes != "separate" or self.cfg.source_domains == 1:
+            return super().features_of_both(xs, xt)
+        with route_domains(self.model, source_sizes=self.source_sizes):  # the source pass: each source by its own
+            fs = self.model.features(xs)
+        with route_domains(self.model, domain="target"):
+            ft = self.model.features(xt)
+        return torch.cat([fs, ft])
+
+    def _routed(self, fn, x, domain):
+        """``fn(x)`` with x's rows routed: ``domain`` "source"/"target", or (several
+        sources) an int64 tensor of each row's source id."""
+        if not torch.is_tensor(domain):
+            with route_domains(self.model, domain=domain):
+                return fn(x)
+        order, sizes = sorted_by_source(domain, self.cfg.source_domains)
+        with route_domains(self.model, source_sizes=sizes):
+            out = fn(x[order])
+        return torch.empty_like(out).index_copy_(0, order, out)  # back in x's row order
+
     def predict(self, x, domain="target"):
-        with route_domains(self.model, domain=domain):
-            return self.model(x)
+        return self._routed(self.model, x, domain)
 
     def embed(self, x, domain="target"):
-        with route_domains(self.model, domain=domain):
-            return self.model.embed(x)
+        return self._routed(self.model.embed, x, domain)
