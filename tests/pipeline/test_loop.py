@@ -139,6 +139,7 @@ def test_compiled_and_channels_last_steps_train_like_eager(tmp_path, data_dir, m
     # model's forward, so compiling each network alone left them in eager (seen: False only)
     from torch import nn
 
+    torch._dynamo.reset()  # code compiled by earlier tests (same shapes) would be reused without tracing
     traced = []
     monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x, f=nn.Conv2d.forward:
                         traced.append(torch.compiler.is_compiling()) or f(self, x))
