@@ -15,7 +15,7 @@ NORMALIZATIONS = ("domain", "mean")
 INPUT_NORMS = ("none", "instance")
 OPTIMIZERS = ("sgd", "adam")
 PASSES = ("joint", "separate")
-DANN_FAMILY = ("dann", "dann-dsbn", "cdan", "cdan-e")  # the methods on DANN's lambda_p schedule
+DANN_FAMILY = ("dann", "dann-dsbn", "dann-mcc", "cdan", "cdan-e")  # the methods on DANN's lambda_p schedule
 CDAN_FAMILY = ("cdan", "cdan-e")
 VADA_FAMILY = ("vada", "dirt-t")
 ADVERSARIAL = DANN_FAMILY + VADA_FAMILY  # the methods with DANN's domain classifier
@@ -122,9 +122,9 @@ class Config:
     cdan_random_dim: int = option(1024, "CDAN: width d of the randomized map", "method", defines_run=True,
                                   read_by=CDAN_FAMILY)
     mcc_temperature: float = option(2.5, "MCC: temperature of the target predictions", "method", defines_run=True,
-                                    read_by=("mcc",))
+                                    read_by=("mcc", "dann-mcc"))
     mcc_weight: float = option(1.0, "MCC: weight of the class-confusion loss", "method", defines_run=True,
-                               read_by=("mcc",))
+                               read_by=("mcc", "dann-mcc"))
     vada_lambda_d: float = option(0.01, "VADA: weight of the domain loss (the reversal's constant lambda)", "method",
                                   defines_run=True, read_by=VADA_FAMILY)
     vada_lambda_s: float = option(1.0, "VADA: weight of VAT on source", "method", defines_run=True,

@@ -53,7 +53,7 @@ class Rollback:
         self.best_step = None
         self.good = None  # {"method": state, "average": state} at best_step
         self.lambda_scale = 1.0
-        self.rollbacks = []  # [{"step", "source_val_acc", "best_acc", "best_step", "lambda_scale"}]
+        self.rollbacks = []  # [{"step", "source_val_acc", "best_acc", "best_step", "lambda_scale", "final"}]
         method.lambda_scale = self.lambda_scale
 
     def source_val_accs(self, tensors):

@@ -1,4 +1,4 @@
-"""CDAN, CDAN+E, MCC, VADA, DIRT-T: their maps and losses against explicit formulas,
+"""CDAN, CDAN+E, MCC, DANN+MCC, VADA, DIRT-T: their maps and losses against explicit formulas,
 a step moves the loss, same seed same weights, and (slow) resume is bit-exact."""
 
 import math
@@ -17,7 +17,7 @@ from grl_cuda.pipeline.methods.mcc import class_confusion
 from grl_cuda.pipeline.methods.vada import _unit, conditional_entropy, soft_cross_entropy, vat_loss
 from grl_cuda.pipeline.models import mnist_net
 
-NEW = ("cdan", "cdan-e", "mcc", "vada", "dirt-t")
+NEW = ("cdan", "cdan-e", "mcc", "dann-mcc", "vada", "dirt-t")
 
 
 # ---- the maps -------------------------------------------------------------------------------------
@@ -155,6 +155,18 @@ def test_default_vat_xi_finds_the_power_iteration_direction_in_float32():
     cos = lambda xi: (_power_direction(net, x, xi, torch.float32, d0) * exact).sum(1).mean().item()  # noqa: E731
     assert cos(Config().vat_xi) > 0.95
     assert cos(1e-6) < 0.5
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.3])
+def test_dann_mcc_is_dann_plus_the_weighted_class_confusion_of_the_target_rows(weight):
+    dann, both = _method("dann"), _method("dann-mcc", mcc_weight=weight)  # same seed: same weights
+    source, target = _batches()
+    dann_loss, _ = dann.losses(source, target, 0.5)
+    loss, record = both.losses(source, target, 0.5)
+    confusion = class_confusion(both.model(target.x), both.cfg.mcc_temperature)  # the target rows alone
+    assert confusion.item() > 0
+    assert torch.allclose(record["mcc_loss"], confusion)
+    assert torch.allclose(loss, dann_loss + weight * confusion, rtol=1e-6)
 
 
 def test_vat_loss_is_a_nonnegative_kl_and_zero_without_perturbation():

@@ -11,7 +11,7 @@ from .base import Method
 from .cdan import CDAN, CDANEntropy
 from .cgdm import CGDM, MCD
 from .dann import DANN, DANNDomainBN
-from .mcc import MCC
+from .mcc import DANNMCC, MCC
 from .source_only import SourceOnly, SubspaceAlignment, TargetOnly
 from .vada import DIRTT, VADA
 
@@ -26,6 +26,7 @@ METHODS = {
     "cdan": CDAN,
     "cdan-e": CDANEntropy,
     "mcc": MCC,
+    "dann-mcc": DANNMCC,
     "vada": VADA,
     "dirt-t": DIRTT,
 }

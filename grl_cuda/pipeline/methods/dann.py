@@ -83,8 +83,16 @@ class DANN(Method):
         else:  # sources are domains 0..S-1, every target row (labeled or not) is domain S
             ids = torch.cat([source.domain, source.domain.new_full((f.shape[0] - ns,), self.num_domains - 1)])
             domain_loss, domain_acc = domain_cross_entropy(self.head(f), ids, return_accuracy=True)
-        return label_loss + domain_loss, {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
-                                          "domain_acc": domain_acc, "lambda": torch.tensor(lam)}
+        record = {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
+                  "domain_acc": domain_acc, "lambda": torch.tensor(lam)}
+        loss = label_loss + domain_loss
+        target_loss = self.target_loss(f[ns:ns + xt.shape[0]], record)
+        return (loss if target_loss is None else loss + target_loss), record
+
+    def target_loss(self, target_features, record):
+        """A loss on the unlabeled target rows' features added to DANN's (None: none),
+        its parts logged in ``record``; subclasses that regularise the target (DANN+MCC) add it."""
+        return None
 
     def predict(self, x, domain="target"):
         return self.model(x)

@@ -9,6 +9,9 @@ The target term, for a batch of logits Z (B x K) and temperature T:
   C~_jk = C_jk / sum_i C_ik                    (each class's column sums to 1)
   MCC = (sum of C~'s off-diagonal entries) / K
 and the loss is CE(source) + mcc_weight * MCC. The paper: T = 2.5, weight 1.
+
+The paper also adds MCC to adversarial methods (its "DANN+MCC", "CDAN+MCC" rows: the
+regulariser beside the domain loss); ``dann-mcc`` is DANN's loss plus the same term.
 """
 
 import torch
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 
 from ..distributed import mean_over_ranks
 from ..health import prediction_entropy
+from .dann import DANN
 from .source_only import SourceOnly
 
 
@@ -48,3 +52,18 @@ class MCC(SourceOnly):
         mcc = class_confusion(logits[ns:], self.cfg.mcc_temperature)
         loss = label_loss + self.cfg.mcc_weight * mcc
         return loss, {"label_loss": label_loss.detach(), "mcc_loss": mcc.detach()}
+
+
+class DANNMCC(DANN):
+    """DANN + MCC: DANN's step (one pass over source and target, the domain loss behind
+    the reversal) with the class-confusion loss of the target rows' predictions added.
+    Only the unlabeled target rows enter it (--target-labeled rows have their own label loss)."""
+
+    name = "dann-mcc"
+    k_way_domains = True  # the domain loss is DANN's, K-way with several sources
+
+    def target_loss(self, target_features, record):
+        logits = self.model.classifier(self.model.label_hidden(target_features))
+        mcc = class_confusion(logits, self.cfg.mcc_temperature)
+        record["mcc_loss"] = mcc.detach()
+        return self.cfg.mcc_weight * mcc
