@@ -469,3 +469,11 @@ def test_reverse_validation_of_an_image_folder_run_sees_the_runs_image_size(tmp_
     assert 0.0 <= row["score"] <= 1.0
     reverse = json.load(open(tmp_path / "run" / "reverse" / "summary.json"))
     assert reverse["config"]["arch"] == "resnet18"
+
+
+def test_a_checkpoint_of_another_model_layout_is_refused_with_a_clear_error():
+    # multi-source dann-dsbn checkpoints of 0.2.0 had one BatchNorm for every source
+    old, new = _dsbn(num_sources=1), _dsbn(num_sources=2)
+    with pytest.raises(UserError, match="'model' network does not fit 'dann-dsbn'.*another version"):
+        new.load_state_dict(old.state_dict())
+    new.load_state_dict(_dsbn(num_sources=2).state_dict())  # the same layout loads

@@ -3,6 +3,7 @@
 import torch
 
 from .. import distributed
+from ..config import UserError
 
 
 class Method:
@@ -132,7 +133,15 @@ class Method:
 
     def load_state_dict(self, state):
         for k, v in self.networks().items():
-            v.load_state_dict(state["networks"][k])
+            try:
+                v.load_state_dict(state["networks"][k])
+            except (KeyError, RuntimeError) as exc:
+                # e.g. a multi-source dann-dsbn checkpoint of grl_cuda <= 0.2.0 (one BatchNorm
+                # shared by every source, one per source now): say so instead of a key dump
+                detail = str(exc).strip().splitlines()[0] if isinstance(exc, RuntimeError) else f"no {exc} network"
+                raise UserError(f"the checkpoint's {k!r} network does not fit {self.name!r} as this version of "
+                                f"grl_cuda builds it ({detail}); was it written by another version? "
+                                "Train it again with this one, or load it with the version that wrote it.") from exc
         for k, v in self.optimizers().items():
             v.load_state_dict(state["optimizers"][k])
         self.load_extra_state(state.get("extra", {}))
