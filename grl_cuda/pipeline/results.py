@@ -55,7 +55,7 @@ def run_one(args, task, method, seed, k=0):
     folder = run_dir(args.out, task, "recommended" if method == "recommended" else trained_as, seed, k)
     if method == "recommended":
         preset = {name: value for name, value in RECOMMENDED.items() if name != "method"}
-        if all(options[name] == value for name, value in preset.items()):  # the grid's own options: its row's run
+        if all(options.get(name) == value for name, value in preset.items()):  # the grid's own options: its row's run
             folder = run_dir(args.out, task, trained_as, seed, k)
         options.update(preset)
     cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
