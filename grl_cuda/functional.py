@@ -31,6 +31,10 @@ _is_dynamo_compiling = torch.compiler.is_dynamo_compiling  # a module global: on
 # more reference in some interpreter states (seen after a failed torch.compile,
 # whose frame-evaluation hook keeps call arguments). tests/ops/test_steal.py pins the
 # baselines and every case above.
+# grad_reverse's plain eager calls skip all this: they run a C++ autograd node
+# (csrc/bindings.cpp) that takes the gradient out of the engine's list and steals
+# only at one C++ reference, AccumulateGrad's own rule (any Python object of the
+# gradient holds one more, so Python holders are covered, conservatively).
 
 
 class _ProbeEngineRefs(torch.autograd.Function):
