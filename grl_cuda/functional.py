@@ -10,6 +10,8 @@ from ._validation import check_bool, check_float_tensor, check_lambda, check_num
 from .reference import bce_grad_formula, cross_entropy_grad_formula
 
 ops = torch.ops.grl_cuda
+_Tensor = torch.Tensor
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling  # a module global: one lookup per call
 
 # When may the reversal's backward overwrite its incoming gradient in place (the
 # "steal": one pass, no new buffer)? Only when nothing outside autograd can
@@ -29,6 +31,10 @@ ops = torch.ops.grl_cuda
 # more reference in some interpreter states (seen after a failed torch.compile,
 # whose frame-evaluation hook keeps call arguments). tests/ops/test_steal.py pins the
 # baselines and every case above.
+# grad_reverse's plain eager calls skip all this: they run a C++ autograd node
+# (csrc/bindings.cpp) that takes the gradient out of the engine's list and steals
+# only at one C++ reference, AccumulateGrad's own rule (any Python object of the
+# gradient holds one more, so Python holders are covered, conservatively).
 
 
 class _ProbeEngineRefs(torch.autograd.Function):
@@ -146,9 +152,16 @@ def grad_reverse(x, lambda_=1.0, *, copy=False):
     Returns:
         A tensor equal to ``x``, with ``x``'s dtype, shape and strides.
     """
-    if torch.compiler.is_dynamo_compiling():
+    if _is_dynamo_compiling():
         check_float_tensor(x, "x")
         return _TracedGradReverse.apply(x, check_lambda(lambda_, x), check_bool(copy, "copy"))
+    if copy is False and type(x) is _Tensor:
+        # The common eager case without Python on the forward or the backward: a C++
+        # autograd node (csrc/bindings.cpp), same numbers and the same steal rule.
+        # None when the arguments need the Python Function (checks, errors, modes).
+        y = _C.grad_reverse(x, lambda_)
+        if y is not None:
+            return y
     return GradReverse.apply(x, lambda_, copy)  # its forward checks the arguments
 
 

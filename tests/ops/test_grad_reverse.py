@@ -115,6 +115,8 @@ def test_backward_steals_only_exclusive_gradients(device):
 
 
 def test_steal_reuses_the_buffer():
+    # The Python Function: the mul node's post-hook below would stop the C++ node's
+    # steal (tests/ops/test_steal.py counts that one's in-place scalings instead).
     x = torch.randn(4096, requires_grad=True)
     ptrs = {}
 
@@ -123,7 +125,7 @@ def test_steal_reuses_the_buffer():
 
     x.register_hook(hook)
     mid = x.view_as(x)
-    y = grl_cuda.grad_reverse(mid, 2.0)
+    y = grl_cuda.GradReverse.apply(mid, 2.0)
     out = y * torch.randn(4096)
 
     def mul_hook(grads_in, grads_out):

@@ -1,7 +1,9 @@
 """The in-place gradient steal (functional.py) must be unobservable: every way a
 user can hold or see the incoming gradient is run here against the pure-PyTorch
 reference, which never reuses a buffer. Each observer records what it saw; the
-records and the final gradients must be identical."""
+records and the final gradients must be identical. Both reversal paths steal, each
+with its own count: "ours" is grad_reverse's C++ node (csrc/bindings.cpp), "python"
+the Python Function (functional.GradReverse) that every other call takes."""
 
 import pytest
 import torch
@@ -14,7 +16,12 @@ LAM = 0.7
 N = 64
 
 
+IMPLS = ["ours", "python"]
+
+
 def _grl(impl):
+    if impl == "python":
+        return lambda x, lam: functional.GradReverse.apply(x, lam)
     return grl_cuda.grad_reverse if impl == "ours" else reference.grad_reverse
 
 
@@ -80,7 +87,7 @@ def grad_fn_posthook(impl, device):
 
 
 def module_full_backward_hook(impl, device):
-    layer = grl_cuda.GradientReversal(LAM) if impl == "ours" else _RefLayer()
+    layer = grl_cuda.GradientReversal(LAM) if impl == "ours" else _Layer(impl)
     saved = []
     layer.register_full_backward_hook(lambda mod, grad_input, grad_output: saved.extend([grad_input[0],
                                                                                           grad_output[0]]))
@@ -143,9 +150,13 @@ def two_grls_share_one_gradient(impl, device):
     return torch.cat([x1.grad, x2.grad]), []
 
 
-class _RefLayer(torch.nn.Module):
+class _Layer(torch.nn.Module):
+    def __init__(self, impl):
+        super().__init__()
+        self.impl = impl
+
     def forward(self, x):
-        return reference.grad_reverse(x, LAM)
+        return _grl(self.impl)(x, LAM)
 
 
 SCENARIOS = [tensor_hook, tensor_hook_keeping_a_view, tensor_hook_keeping_data, retain_grad, grad_fn_prehook,
@@ -164,8 +175,9 @@ def _run(scenario, impl, device):
 @pytest.mark.filterwarnings("ignore:Anomaly Detection")
 @pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=NAMES)
-def test_observers_see_what_the_reference_shows(device, scenario):
-    grad, seen = _run(scenario, "ours", device)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_observers_see_what_the_reference_shows(device, scenario, impl):
+    grad, seen = _run(scenario, impl, device)
     ref_grad, ref_seen = _run(scenario, "reference", device)
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
     assert len(seen) == len(ref_seen)
@@ -192,41 +204,62 @@ def test_engine_reference_baselines_are_measured_and_sane():
     assert py_refs >= 2 and cpp_refs == 2, "the probe should see the engine's buffer and one Python object"
 
 
-def _buffer_reused(observe=None):
-    """True when the reversal scaled the incoming gradient in place: the leaf's
-    gradient (seen by a hook on x) then lives in the mul node's output buffer."""
+def _buffer_reused(observe=None, impl="ours"):
+    """True when the reversal scaled the incoming gradient in place. Python path: the
+    leaf's gradient (seen by a hook on x) then lives in the mul node's output buffer.
+    C++ node: a post-hook on the mul node would itself stop the steal (the Python
+    object it is shown keeps a C++ reference), so the C++ side's count of in-place
+    scalings says it (checked against the pointers on the Python path below)."""
     x = torch.randn(4096, requires_grad=True)
     ptrs = {}
     x.register_hook(lambda g: ptrs.__setitem__("leaf", g.data_ptr()))
-    y = grl_cuda.grad_reverse(x.view_as(x), 2.0)
+    y = _grl(impl)(x.view_as(x), 2.0)
     if observe is not None:
         observe(y)
     out = y * torch.randn(4096)
-    out.grad_fn.register_hook(lambda gi, go: ptrs.__setitem__("mul", gi[0].data_ptr()))
+    if impl == "python":
+        out.grad_fn.register_hook(lambda gi, go: ptrs.__setitem__("mul", gi[0].data_ptr()))
+    before = grl_cuda._C.in_place_count()
     out.sum().backward()
-    return ptrs["leaf"] == ptrs["mul"]
+    if impl == "python":
+        return ptrs["leaf"] == ptrs["mul"]
+    return grl_cuda._C.in_place_count() == before + 1
 
 
-def test_unobserved_gradient_is_reused_in_place():
-    assert _buffer_reused()
-    # a hook that looks without keeping anything does not stop the steal
-    assert _buffer_reused(lambda y: y.register_hook(lambda g: None))
+def test_the_in_place_count_sees_the_same_steals_as_the_buffer_pointers():
+    # the Python path, where both can be read: the count moves exactly when the buffer is reused
+    for observe, reused in ((None, True), (lambda y: y.register_hook(lambda g: g), True),
+                            (lambda y: y.grad_fn.register_hook(lambda gi, go: None), False)):
+        before = grl_cuda._C.in_place_count()
+        assert _buffer_reused(observe, "python") == reused
+        assert grl_cuda._C.in_place_count() == before + reused
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unobserved_gradient_is_reused_in_place(impl):
+    assert _buffer_reused(impl=impl)
+    # A hook that looks without keeping anything: the Python Function still steals.
+    # The C++ node counts C++ references only, and the Python object the hook was
+    # shown outlives the hook (owned by the tensor), so it declines: safe, one buffer more.
+    assert _buffer_reused(lambda y: y.register_hook(lambda g: None), impl) == (impl == "python")
 
 
 @pytest.mark.parametrize("observer", ["hook_keeps", "prehook_keeps", "posthook"])
-def test_observed_gradient_is_not_reused(observer):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_observed_gradient_is_not_reused(observer, impl):
     kept = []
     observe = {
         "hook_keeps": lambda y: y.register_hook(kept.append),
         "prehook_keeps": lambda y: y.grad_fn.register_prehook(lambda go: kept.append(go[0])),
         "posthook": lambda y: y.grad_fn.register_hook(lambda gi, go: None),
     }[observer]
-    assert not _buffer_reused(observe)
+    assert not _buffer_reused(observe, impl)
 
 
-def test_anomaly_mode_never_steals():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_anomaly_mode_never_steals(impl):
     with torch.autograd.set_detect_anomaly(True):
-        assert not _buffer_reused()
+        assert not _buffer_reused(impl=impl)
 
 
 # ---- the fused losses' saved gradient ---------------------------------------------------------------
@@ -301,12 +334,13 @@ def test_baselines_hold_after_a_failed_compile():
     with pytest.raises(Exception, match="auto_step=False"):
         torch.compile(layer, fullgraph=True)(torch.randn(3, requires_grad=True))
     assert functional._measure_engine_refs() == (functional._ENGINE_PY_REFS, functional._ENGINE_GRAD_USES)
-    for scenario in (tensor_hook, grad_fn_prehook, backward_with_gradient):
-        grad, seen = _run(scenario, "ours", "cpu")
-        ref_grad, ref_seen = _run(scenario, "reference", "cpu")
-        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
-        torch.testing.assert_close(seen[0], ref_seen[0], rtol=0, atol=0)
-    assert _buffer_reused()
+    for impl in IMPLS:
+        for scenario in (tensor_hook, grad_fn_prehook, backward_with_gradient):
+            grad, seen = _run(scenario, impl, "cpu")
+            ref_grad, ref_seen = _run(scenario, "reference", "cpu")
+            torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+            torch.testing.assert_close(seen[0], ref_seen[0], rtol=0, atol=0)
+        assert _buffer_reused(impl=impl)
 
 
 def test_a_baseline_measured_too_high_is_lowered_by_the_first_exclusive_gradient(monkeypatch):
@@ -314,8 +348,8 @@ def test_a_baseline_measured_too_high_is_lowered_by_the_first_exclusive_gradient
     # tracer touching frame locals, say), a gradient held once more than usual
     # would pass for exclusive. The first truly exclusive gradient corrects it.
     monkeypatch.setattr(functional, "_ENGINE_PY_REFS", functional._ENGINE_PY_REFS + 1)
-    _buffer_reused()  # an exclusive gradient: lowers the baseline back
-    grad, seen = _run(tensor_hook, "ours", "cpu")
+    _buffer_reused(impl="python")  # an exclusive gradient: lowers the baseline back
+    grad, seen = _run(tensor_hook, "python", "cpu")
     ref_grad, ref_seen = _run(tensor_hook, "reference", "cpu")
     torch.testing.assert_close(seen[0], ref_seen[0], rtol=0, atol=0)
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
