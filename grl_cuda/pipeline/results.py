@@ -28,7 +28,8 @@ from .runs import CHECKPOINT, finished_config
 
 PAPER_ORDER = ["source-only", "sa", "dann", "dann-dsbn", "mcd", "cgdm", "recommended", "target-only"]
 # Options every run of the grid gets from the command line (as grl_cuda.train has them).
-PASSED_ON = ("lr", "lambda_max", "normalize", "shift", "ema", "input_norm", "arch", "optimizer", "rollback", "invert")
+PASSED_ON = ("lr", "lambda_max", "normalize", "shift", "ema", "input_norm", "arch", "optimizer", "rollback", "invert",
+             "mcc_weight")
 # Published target accuracies (Ganin & Lempitsky, arXiv v1 Table 1) for the shifts we rebuild.
 PAPER = {
     "mnist-mnistm": {"source-only": 0.5749, "sa": 0.6078, "dann": 0.8149, "target-only": 0.9891},
