@@ -33,10 +33,14 @@ def accuracy(method, x, y, domain):
     return correct / max(1, len(x))
 
 
+def source_test_accuracy(method, tensors):
+    """Accuracy on the held-out source split, each row routed by its source (data.source_rows)."""
+    return accuracy(method, *tensors["source_test"], source_rows(tensors, "source_test"))
+
+
 def test_accuracies(method, tensors, step):
     """The metrics record of one evaluation on both test splits."""
-    return {"kind": "eval", "step": step,
-            "source_test_acc": accuracy(method, *tensors["source_test"], source_rows(tensors, "source_test")),
+    return {"kind": "eval", "step": step, "source_test_acc": source_test_accuracy(method, tensors),
             "target_test_acc": accuracy(method, *tensors["target_test"], "target")}
 
 

@@ -32,15 +32,10 @@ import copy
 import torch
 import torch.distributed as dist
 
-from .evaluate import accuracy
+from .evaluate import source_test_accuracy
 
 # Each rollback multiplies the reversal's lambda by this.
 LAMBDA_FACTOR = 0.5
-
-
-def _clone(state):
-    """A deep copy of a (nested) state dict whose tensors do not share storage with the live ones."""
-    return copy.deepcopy(state)
 
 
 class Rollback:
@@ -51,21 +46,25 @@ class Rollback:
         self.rank, self.world = rank, world
         self.best_acc = -1.0
         self.best_step = None
-        self.good = None  # {"method": state, "average": state} at best_step
-        self.lambda_scale = 1.0
+        self.good = None  # {"method": state, "average": state} at best_step, deep copies
         self.rollbacks = []  # [{"step", "source_val_acc", "best_acc", "best_step", "lambda_scale", "final"}]
-        method.lambda_scale = self.lambda_scale
+        method.lambda_scale = 1.0
+
+    @property
+    def lambda_scale(self):
+        """The factor on the method's reversal lambda (halved at each rollback): the method holds it."""
+        return self.method.lambda_scale
 
     def source_val_accs(self, tensors):
         """Rank 0's accuracies on the held-out source split of the current weights and of the
         averaged ones (the first again without --ema), on every rank."""
         accs = torch.zeros(2, dtype=torch.float64)
         if self.rank == 0:
-            accs[0] = accuracy(self.method, *tensors["source_test"], "source")
+            accs[0] = source_test_accuracy(self.method, tensors)
             accs[1] = accs[0]
             if self.average:
                 with self.average.swapped_in():
-                    accs[1] = accuracy(self.method, *tensors["source_test"], "source")
+                    accs[1] = source_test_accuracy(self.method, tensors)
         if self.world > 1:  # one decision for all ranks: they keep and restore the same states
             dist.broadcast(accs, 0)
         return accs.tolist()
@@ -80,13 +79,12 @@ class Rollback:
             record.update(current_source_val_acc=current, averaged_source_val_acc=averaged)
         if acc >= self.best_acc:
             self.best_acc, self.best_step = acc, step
-            self.good = {"method": _clone(self.method.state_dict()),
-                         "average": _clone(self.average.state_dict()) if self.average else None}
+            self.good = {"method": copy.deepcopy(self.method.state_dict()),
+                         "average": copy.deepcopy(self.average.state_dict()) if self.average else None}
         elif self.best_acc - acc > self.drop:
             self._restore()
             if not final:  # the run goes on from the good state, more gently
-                self.lambda_scale *= LAMBDA_FACTOR
-                self.method.lambda_scale = self.lambda_scale
+                self.method.lambda_scale *= LAMBDA_FACTOR
             event = {"step": step, "source_val_acc": acc, "best_acc": self.best_acc, "best_step": self.best_step,
                      "lambda_scale": self.lambda_scale, "final": final}
             self.rollbacks.append(event)
@@ -94,7 +92,7 @@ class Rollback:
         return record
 
     def _restore(self):
-        self.method.load_state_dict(_clone(self.good["method"]))
+        self.method.load_state_dict(copy.deepcopy(self.good["method"]))
         if self.average:
             self.average.load_state_dict(self.good["average"])
 
@@ -108,5 +106,4 @@ class Rollback:
 
     def load_state_dict(self, state):
         self.best_acc, self.best_step, self.good = state["best_acc"], state["best_step"], state["good"]
-        self.lambda_scale, self.rollbacks = state["lambda_scale"], list(state["rollbacks"])
-        self.method.lambda_scale = self.lambda_scale
+        self.method.lambda_scale, self.rollbacks = state["lambda_scale"], list(state["rollbacks"])

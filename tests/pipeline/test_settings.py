@@ -477,3 +477,18 @@ def test_a_checkpoint_of_another_model_layout_is_refused_with_a_clear_error():
     with pytest.raises(UserError, match="'model' network does not fit 'dann-dsbn'.*another version"):
         new.load_state_dict(old.state_dict())
     new.load_state_dict(_dsbn(num_sources=2).state_dict())  # the same layout loads
+
+
+def test_rollback_scores_each_source_test_row_by_its_own_source():
+    # the guard's held-out source accuracy, like the evaluation's, routes multi-source rows by
+    # their source id (it used to ask for plain "source", refused with several sources)
+    from grl_cuda.pipeline.evaluate import source_test_accuracy
+    from grl_cuda.pipeline.guard import Rollback
+
+    method = _dsbn(num_sources=2)
+    method.train(False)
+    g = torch.Generator().manual_seed(0)
+    tensors = {"source_test": (torch.randn(6, 3, 32, 32, generator=g), torch.arange(6) % 10),
+               "source_test_domain": torch.tensor([0, 1, 1, 0, 1, 0])}
+    record = Rollback(0.05, method, None).check(0, tensors)
+    assert record["source_val_acc"] == source_test_accuracy(method, tensors)

@@ -59,8 +59,7 @@ class DANNMCC(DANN):
     the reversal) with the class-confusion loss of the target rows' predictions added.
     Only the unlabeled target rows enter it (--target-labeled rows have their own label loss)."""
 
-    name = "dann-mcc"
-    k_way_domains = True  # the domain loss is DANN's, K-way with several sources
+    name = "dann-mcc"  # the domain loss is DANN's: K-way with several sources
 
     def target_loss(self, target_features, record):
         logits = self.model.classifier(self.model.label_hidden(target_features))
