@@ -5,7 +5,8 @@ gap each method covers: (method - source only) / (target only - source only).
     python -m grl_cuda.results --tasks mnist-mnistm --methods source-only,sa,dann,target-only --seeds 3 --out results/
 
 Finished runs (their summary.json) are reused, so an interrupted grid continues
-where it stopped. `sa` is computed on the source-only run of the same seed.
+where it stopped; `--table-only` writes the table from the finished runs alone
+(a cell with fewer seeds than asked says how many it has). `sa` is computed on the source-only run of the same seed.
 `--target-labeled 0,1,5,10` adds the semi-supervised setting: each method that
 supports it runs with K labeled target samples per class, and a second table has a
 column per K.
@@ -30,6 +31,8 @@ PAPER_ORDER = ["source-only", "sa", "dann", "dann-dsbn", "mcd", "cgdm", "recomme
 # Options every run of the grid gets from the command line (as grl_cuda.train has them).
 PASSED_ON = ("lr", "lambda_max", "normalize", "shift", "ema", "input_norm", "arch", "optimizer", "rollback", "invert",
              "mcc_weight")
+# How the runs execute, not what they compute (not run-defining: a finished run is reused under any of them).
+SPEED_OPTIONS = ("data_dir", "device", "threads", "compile", "channels_last")
 # Published target accuracies (Ganin & Lempitsky, arXiv v1 Table 1) for the shifts we rebuild.
 PAPER = {
     "mnist-mnistm": {"source-only": 0.5749, "sa": 0.6078, "dann": 0.8149, "target-only": 0.9891},
@@ -59,13 +62,15 @@ def run_one(args, task, method, seed, k=0):
         if all(options.get(name) == value for name, value in preset.items()):  # the grid's own options: its row's run
             folder = run_dir(args.out, task, trained_as, seed, k)
         options.update(preset)
-    cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder, data_dir=args.data_dir,
+    cfg = Config(task=task, method=trained_as, steps=args.steps, seed=seed, out=folder,
                  eval_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1), plots=not args.no_plots,
-                 threads=args.threads, device=args.device, target_labeled=k, **options)
+                 target_labeled=k, **{name: getattr(args, name) for name in SPEED_OPTIONS}, **options)
     done = finished_config(folder)
     if done is not None and not args.rerun and same_run(done, cfg, before_fit=True):
         with open(os.path.join(folder, "summary.json")) as f:
             return json.load(f)  # the same run (up to options this method never reads), finished earlier
+    if args.table_only:
+        return None
     if os.path.exists(os.path.join(folder, CHECKPOINT)) and not args.rerun:
         cfg.resume = True
         try:
@@ -80,6 +85,7 @@ def accuracy_of(summary, method):
 
 
 def mean_std(values):
+    values = [v for v in values if v is not None]  # None: a seed not run (--table-only)
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -100,7 +106,10 @@ def table(results, tasks, methods, seeds):
             if mean is None:
                 cells.append("-")
                 continue
-            cell = f"{mean:.4f} ± {std:.4f}" if len(results[task][method]) > 1 else f"{mean:.4f}"  # no spread from one seed
+            done = sum(v is not None for v in results[task][method])
+            cell = f"{mean:.4f} ± {std:.4f}" if done > 1 else f"{mean:.4f}"  # no spread from one seed
+            if done < seeds:
+                cell += f" ({done} of {seeds} seeds)"
             so, to = gaps[task]
             if method not in ("source-only", "target-only") and so is not None and to is not None and to != so:
                 cell += f" ({100 * (mean - so) / (to - so):.1f}%)"
@@ -120,7 +129,8 @@ def table_by_k(results_k, task, methods, ks):
         for k in ks:
             values = results_k.get(k, {}).get(task, {}).get(method, [])
             mean, std = mean_std(values)
-            cells.append("-" if mean is None else f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}")
+            done = sum(v is not None for v in values)
+            cells.append("-" if mean is None else f"{mean:.4f} ± {std:.4f}" if done > 1 else f"{mean:.4f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -137,10 +147,12 @@ def build_parser():
     for name in PASSED_ON:  # passed on to every run, as grl_cuda.train has them
         add_option(parser, name)
     parser.add_argument("--out", default="results")
-    for name in ("data_dir", "device", "threads"):
+    for name in SPEED_OPTIONS:
         add_option(parser, name)
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--rerun", action="store_true", help="ignore finished runs")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs finished "
+                        "in --out (a cell with fewer seeds than --seeds says how many it has)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -154,7 +166,7 @@ def per_seed_gaps(results, tasks, methods):
         cells = []
         for task in tasks:
             accs, so, to = (results[task].get(m, []) for m in (method, "source-only", "target-only"))
-            gaps = [100 * (a - s) / (t - s) for a, s, t in zip(accs, so, to) if t != s]
+            gaps = [100 * (a - s) / (t - s) for a, s, t in zip(accs, so, to) if None not in (a, s, t) and t != s]
             cells.append(" / ".join(f"{g:.1f}%" for g in gaps) + f" ({sum(g > 0 for g in gaps)}/{len(gaps)} > 0)"
                          if gaps else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -177,7 +189,9 @@ def grid(args):
     for m in methods:
         if m not in METHODS and m != "recommended":
             raise UserError(f"unknown method {m!r}; choose from {', '.join(sorted(METHODS))} or recommended")
-    return tasks, [m for m in PAPER_ORDER if m in methods] + [m for m in methods if m not in PAPER_ORDER]
+    last = ("recommended", "target-only")  # the bounds and our pick close the table, other methods before them
+    ordered = [m for m in PAPER_ORDER if m in methods and m not in last] + [m for m in methods if m not in PAPER_ORDER]
+    return tasks, ordered + [m for m in last if m in methods]
 
 
 def run_grid(args, tasks, methods):
@@ -191,6 +205,9 @@ def run_grid(args, tasks, methods):
                     if k and not METHODS[trained_method(method)].supports_target_labeled:
                         continue
                     summary = run_one(args, task, method, seed, k)
+                    if summary is None:  # --table-only, and this run is not finished
+                        results[k][task].setdefault(method, []).append(None)
+                        continue
                     if summary.get("interrupted"):
                         return None, None
                     acc = accuracy_of(summary, method)

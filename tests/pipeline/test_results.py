@@ -68,3 +68,45 @@ def test_per_seed_gaps_show_a_seed_where_the_method_hurts():
     # each seed against its own bounds: (0.7-0.5)/0.4, (0.55-0.6)/0.3, (0.6-0.5)/0.2
     assert "| dann | 50.0% / -16.7% / 50.0% (2/3 > 0) |" in text
     assert "source-only |" not in text and "target-only |" not in text
+
+
+def test_table_only_trains_nothing_and_counts_the_seeds_it_has(tmp_path, monkeypatch):
+    from grl_cuda.pipeline import results
+
+    monkeypatch.setattr(results, "fit", lambda cfg, progress: pytest.fail("--table-only trained"))
+    args = results.build_parser().parse_args(["--out", str(tmp_path), "--table-only", "--seeds", "3"])
+    assert results.run_one(args, "mnist-mnistm", "dann", 0) is None  # nothing finished: no run, no table cell
+
+    accuracy = {("source-only", 0): 0.5, ("source-only", 1): 0.6, ("source-only", 2): 0.4,
+                ("target-only", 0): 0.9, ("target-only", 1): 1.0, ("target-only", 2): 0.8,
+                ("dann", 0): 0.7, ("dann", 2): 0.6}  # dann's seed 1 not finished
+
+    def finished(args, task, method, seed, k=0):
+        acc = accuracy.get((method, seed))
+        return None if acc is None else {"target_test_acc": acc, "source_test_acc": 0.99}
+
+    monkeypatch.setattr(results, "run_one", finished)
+    args = results.build_parser().parse_args(["--out", str(tmp_path), "--table-only", "--seeds", "3",
+                                              "--methods", "target-only,dann,source-only,recommended,mcc"])
+    tasks, methods = results.grid(args)
+    assert methods == ["source-only", "dann", "mcc", "recommended", "target-only"]  # the bounds and our pick last
+    res, records = results.run_grid(args, tasks, methods)
+    assert res[0]["mnist-mnistm"]["dann"] == [0.7, None, 0.6]
+    text = results.write_report(args, tasks, methods, res, records)
+    assert "| dann | 0.6500 ± 0.0707 (2 of 3 seeds) (37.5%) [paper" in text  # (0.65 - 0.5) / (0.9 - 0.5)
+    assert "| mcc | - |" in text
+    # per seed, each against its own seed's bounds: seeds 0 and 2 (50.0%, 50.0%), seed 1 skipped, not shifted
+    assert "| dann | 50.0% / 50.0% (2/2 > 0) |" in text
+
+
+def test_speed_options_reach_the_runs_and_do_not_redefine_them(tmp_path, monkeypatch):
+    from grl_cuda.pipeline import results
+
+    seen = []
+    monkeypatch.setattr(results, "fit", lambda cfg, progress: seen.append(cfg) or {"target_test_acc": 0.5})
+    args = results.build_parser().parse_args(["--out", str(tmp_path), "--compile", "--channels-last", "--threads", "1"])
+    results.run_one(args, "mnist-mnistm", "dann", 0)
+    assert seen[0].compile and seen[0].channels_last and seen[0].threads == 1
+    from grl_cuda.pipeline.config import RUN_DEFINING
+
+    assert not set(results.SPEED_OPTIONS) & set(RUN_DEFINING)  # a finished eager run is reused under --compile
