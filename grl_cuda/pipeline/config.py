@@ -151,8 +151,9 @@ class Config:
     amp: bool = option(False, "bfloat16 autocast of the training step (CUDA; on the CPU too, where it pays only "
                        "with AMX/bf16 instructions)", "run", action="store_true")
     compile: bool = option(False, "torch.compile every network and the parts the step calls (forward and "
-                           "backward; max-pools stay ATen's kernels), in training mode; on the CPU the speed-up measured "
-                           "is --channels-last's (README, Benchmarks)", "run", action="store_true")
+                           "backward; max-pools stay ATen's kernels), in training mode, and the optimizer step; on the "
+                           "CPU the speed-up measured is --channels-last's (README, Benchmarks)", "run",
+                           action="store_true")
     channels_last: bool = option(False, "convolution weights, and so activations, in channels-last memory "
                                  "format (faster oneDNN convolutions and pooling on the CPU)", "run",
                                  action="store_true")

@@ -137,7 +137,7 @@ def step(run, source, target):
 def log(run, losses, bar, target):
     if run.step % run.cfg.log_every == 0 or run.step == run.cfg.steps:
         record = {k: float(v) for k, v in losses.items()}
-        record["lr"] = next(iter(run.method.optimizers().values())).param_groups[0]["lr"]
+        record["lr"] = float(next(iter(run.method.optimizers().values())).param_groups[0]["lr"])  # a tensor under --compile
         record.update(health.target_prediction_stats(run.method, target.x))
         record = {"kind": "train", "step": run.step, **record}
         warning = run.monitor.update(record)

@@ -129,6 +129,26 @@ def test_compile_flag_runs(tmp_path, data_dir):
     assert summary["steps"] == 4 and 0.0 <= summary["target_test_acc"] <= 1.0
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_compile_compiles_the_optimizer_step_once(tmp_path, data_dir, optimizer):
+    # the annealed learning rate changes every step: held in a tensor, it is an input of the
+    # compiled step, so 30 steps of new learning rates compile it twice at most (the first step,
+    # before the optimizer has state, and every later one), not once per learning rate
+    import inspect
+
+    import torch._dynamo
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    torch._dynamo.reset()
+    step = inspect.unwrap(getattr(torch.optim, "SGD" if optimizer == "sgd" else "Adam").step)
+    assert not _debug_get_cache_entry_list(step.__code__)
+    summary = train(cfg_for(tmp_path, data_dir, steps=30, eval_every=1000, log_every=10, compile=True,
+                            optimizer=optimizer, lr=0.01 if optimizer == "sgd" else 0.001), progress=False)
+    assert summary["steps"] == 30 and 1 <= len(_debug_get_cache_entry_list(step.__code__)) <= 2
+    records = _train_records(str(tmp_path / "run"))
+    assert records[0]["lr"] > records[-1]["lr"]  # and the learning rate did change
+
+
 def _train_records(out):
     return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl")) if '"train"' in x]
 

@@ -108,7 +108,13 @@ class Method:
     def set_lr(self, lr):
         for opt in self.optimizers().values():
             for group in opt.param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)
+                value = lr * group.get("lr_mult", 1.0)
+                if torch.is_tensor(group["lr"]):
+                    group["lr"].fill_(value)
+                elif self.cfg.compile:  # the compiled optimizer step reads a tensor lr as an input: no recompiling
+                    group["lr"] = torch.tensor(value, dtype=torch.float64)  # per step for the annealed schedule
+                else:
+                    group["lr"] = value
 
     def train(self, mode=True):
         for net in self.networks().values():
