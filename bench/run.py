@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+import torch._dynamo
 
 from . import harness
 from . import cross_entropy, e2e, gpu, grl, linear, loss, scaling
@@ -77,6 +78,9 @@ def main(argv=None):
     if bad:
         print(f"python -m bench: error: unknown families {bad}; choose from {', '.join(FAMILIES)}", file=sys.stderr)
         return 2
+    # a compiled case that ran out of dynamo's versions per code object would silently time eager
+    # code under a "compiled" name: make that an error instead
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cpu_time:

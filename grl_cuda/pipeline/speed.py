@@ -12,6 +12,7 @@ F.cross_entropy, one kernel each, called between compiled parts.
 """
 
 import torch
+import torch._dynamo
 from torch import nn
 
 __all__ = ["prepare_networks", "max_pool2d"]
@@ -39,11 +40,22 @@ def prepare_networks(method, cfg):
             opt.step = torch.compile(opt.step)
 
 
+_compiled_parts = 0  # in this process: a grid (grl_cuda.results) trains many runs in one
+
+
 def _compile_training(module):
     """``module``'s forward compiled for training (train mode, grad on: the step), eager
     otherwise: evaluation, logging and refreshes call the networks with other batch sizes,
     each of which would cost a compilation of its own. Static shapes: with dynamic ones the
-    opaque pool's strides fail Inductor's stride analysis (a TypeError at compile)."""
+    opaque pool's strides fail Inductor's stride analysis (a TypeError at compile).
+
+    Every part compiled this way is a version of one code object (torch.compile's wrapper of a
+    bound method), and dynamo runs a code object eager, silently, once it has 8 versions
+    (recompile_limit): the third run of a grid with --compile trained partly eager. So the
+    limit grows with the parts, 8 versions each, as if each had a code object of its own."""
+    global _compiled_parts
+    _compiled_parts += 1
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * _compiled_parts)
     eager = module.forward
     compiled = torch.compile(eager, dynamic=False)
 
