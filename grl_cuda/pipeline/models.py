@@ -59,6 +59,12 @@ class DomainBatchNorm2d(nn.Module):
         if len(sizes) == 1:  # one source: as before multi-source DSBN existed, to the bit
             n = sizes[0]
             return torch.cat([self.source(x[:n]), self.target(x[n:])])
+        return self._per_source(x, sizes)
+
+    # Under --compile this runs eager (a graph break): the per-source row counts change from
+    # batch to batch, and compiled each new split would be a recompilation of the whole part.
+    @torch.compiler.disable
+    def _per_source(self, x, sizes):
         parts = x.split([*sizes, x.shape[0] - sum(sizes)])
         layers = [self.layer(d if d < len(sizes) else "target") for d in range(len(parts))]
         # A domain absent from this batch is skipped (BatchNorm of no rows has no statistics),

@@ -204,3 +204,19 @@ def test_compile_stays_compiled_over_many_runs_in_one_process(tmp_path, data_dir
         summary = train(cfg_for(tmp_path, data_dir, method=method, steps=2, eval_every=1000, compile=True,
                                 out=str(tmp_path / f"run{i}")), progress=False)
         assert summary["steps"] == 2
+
+
+@pytest.mark.parametrize("passes", ["joint", "separate"])
+def test_compile_multi_source_dsbn_does_not_recompile_per_batch(tmp_path, data_dir, passes):
+    # each batch splits its source rows by source in other proportions; compiled, every new
+    # split recompiled the extractor (one version per step), so the split runs eager
+    import torch._dynamo
+    import torch._dynamo.external_utils
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    torch._dynamo.reset()
+    summary = train(cfg_for(tmp_path, data_dir, task="mnist+syn-mnistm", method="dann-dsbn", steps=16,
+                            eval_every=8, compile=True, passes=passes), progress=False)
+    assert summary["steps"] == 16
+    wrapper = torch._dynamo.external_utils.wrap_inline(lambda: None).__code__  # what every compiled part runs
+    assert len(_debug_get_cache_entry_list(wrapper)) <= 6  # one version per part the step calls, not per step
