@@ -25,6 +25,7 @@ from .report import fmt, size_label
 TITLE = "1-4. The reversal layer"
 
 LAMBDA = 0.7
+FORWARD_INNER = 20  # calls per sample of the forward alone, at every size (see time_sizes)
 
 
 def _layers(device, w_for_compile=None):
@@ -101,7 +102,9 @@ def time_sizes(device, dtype, sizes, quick):
         repeats, inner = _repeats(n, quick)
         t_full = interleaved(full, clock, repeats, inner)
         t_bwd = interleaved(bwd, clock, repeats, inner)
-        t_fwd = interleaved(fwd, clock, repeats, inner)
+        # A view forward takes ~2 us at any size: timed once per sample (the large sizes' inner
+        # of 1), it measured the cold caches the previous case left (10-30 us at 1e7, any layer).
+        t_fwd = interleaved(fwd, clock, repeats, max(inner, FORWARD_INNER))
         t_ceil = interleaved(ceilings, clock, repeats, inner)
         bytes_min = 2 * n * g.element_size()  # a backward reads the gradient once and writes it once
         base_bwd = t_bwd["no layer (baseline)"]["median"]
