@@ -23,7 +23,7 @@ import time
 import torch
 import torch._dynamo
 
-from . import harness
+from . import goals, harness
 from . import cross_entropy, e2e, gpu, grl, linear, loss, scaling
 
 FAMILIES = {"grl": grl, "loss": loss, "cross_entropy": cross_entropy, "linear": linear, "e2e": e2e, "gpu": gpu,
@@ -102,6 +102,8 @@ def main(argv=None):
         lines, family_plots = family.report(results[name], args.out)
         md += [f"## {family.TITLE}", ""] + lines
         plots += family_plots
+    header = 6  # the title, machine and timing lines: the goals table follows them
+    md[header:header] = goals.report(results)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
     with open(os.path.join(args.out, "results.md"), "w") as f:

@@ -116,3 +116,29 @@ def test_compiled_grl_rows_stay_compiled_across_sizes(monkeypatch):
             x.grad = None
             graph(x).backward()
             torch.testing.assert_close(x.grad, -grl.LAMBDA * w)
+
+
+def test_goals_table_calls_slower_only_outside_the_spread():
+    from bench import goals
+
+    def t(median, spread=0.05):
+        return {"median": median, "p20": median * (1 - spread), "p80": median * (1 + spread)}
+
+    assert goals.compare(t(1.0), t(1.2)) == "faster"
+    assert goals.compare(t(1.05), t(1.0)) == "noise"  # 0.9975 <= 1.05: inside the spread
+    assert goals.compare(t(1.3), t(1.0)) == "slower"
+    grl = {"timing": [
+        {"impl": "grl_cuda", "dtype": "float32", "n": 10_000_000, "full": t(2.0), "bwd": t(1.0), "fwd": t(1e-6),
+         "bwd_added_s": 0.004},
+        {"impl": "best pure PyTorch", "dtype": "float32", "n": 10_000_000, "full": t(3.0), "bwd": t(2.0),
+         "fwd": t(0.5e-6)},
+        {"impl": "scale into preallocated (out=)", "dtype": "float32", "n": 10_000_000, "ceiling": t(0.0035)},
+    ]}
+    loss = {"timing": [{"impl": "grl_cuda.domain_bce_with_logits", "n": n, "full": t(1.0)} for n in (10**6, 10**7)]
+            + [{"impl": "F.binary_cross_entropy_with_logits + labels", "n": 10**6, "full": t(2.5)},
+               {"impl": "F.binary_cross_entropy_with_logits + labels", "n": 10**7, "full": t(3.0)}]}
+    text = "\n".join(goals.report({"grl": grl, "loss": loss}))
+    assert "slower in 1 (float32 1e7 forward (eager): 1.0 vs 0.5 us)" in text
+    assert "float32 88% | met" in text  # 0.0035 / 0.004
+    assert "3.00x at 1e7, 2.50x at 1e6 | **missed**" in text  # 4x asked at 1e7
+    assert "family `e2e` without --quick" in text  # a goal whose family did not run does not pass
