@@ -10,6 +10,7 @@
 #include <cfloat>
 #include <cmath>
 #include <optional>
+#include <vector>
 
 #include "ops.h"
 
@@ -150,6 +151,16 @@ std::optional<at::Tensor> fast_grad_reverse(const at::Tensor& x, py::handle lamb
   return grl_cuda::GradReverse::apply(x, std::move(*lam));
 }
 
+// ATen's parallel_for is an OpenMP pragma in its headers: a build without -fopenmp runs every
+// CPU loop on one thread, whatever torch.set_num_threads says. This tells the two apart.
+int64_t parallel_for_threads(int64_t n) {
+  std::vector<std::atomic<int>> seen(static_cast<size_t>(at::get_num_threads()));
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) { seen[at::get_thread_num()].store(1); });
+  int64_t used = 0;
+  for (auto& s : seen) used += s.load();
+  return used;
+}
+
 bool cuda_compiled() {
 #ifdef GRL_WITH_CUDA
   return true;
@@ -191,4 +202,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_loop_isa", &grl_cuda::cpu_loop_isa,
         "the instruction set of the CPU loss loops in use: 'avx2+fma' or 'baseline' (GRL_CUDA_CPU_ISA=baseline forces it)");
   m.def("cuda_compiled", &cuda_compiled, "whether the CUDA kernels were compiled into this build");
+  m.def("parallel_for_threads", &parallel_for_threads, py::arg("n"),
+        "how many threads at::parallel_for ran n unit items on (1 when built without OpenMP); for tests");
 }

@@ -1,5 +1,7 @@
 """The fused domain BCE against F.binary_cross_entropy_with_logits on explicit labels."""
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,6 +103,18 @@ def test_thread_count_does_not_change_the_sum():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the build adds -fopenmp on Linux")
+def test_cpu_loops_run_on_several_threads():
+    # the test above passes trivially when every CPU loop runs on one thread, which a build
+    # without -fopenmp did (ATen's parallel_for is an OpenMP pragma in its headers)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert grl_cuda._C.parallel_for_threads(10_000) == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_autocast_computes_in_float32():

@@ -97,3 +97,21 @@ def test_nan_row_is_never_a_hit(dtype, rows):
 def test_bad_input(logits, domains, error, match):
     with pytest.raises(error, match=match):
         grl_cuda.domain_cross_entropy(logits, domains)
+
+
+def test_thread_count_does_not_change_the_loss_or_gradient():
+    # row chunks of a fixed size, partials added in chunk order: 1 or 2 threads, the same bits
+    logits = torch.randn(100_003, 5, requires_grad=True)
+    ids = torch.randint(0, 5, (100_003,))
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            logits.grad = None
+            loss, acc = grl_cuda.domain_cross_entropy(logits, ids, return_accuracy=True)
+            loss.backward()
+            out.append((loss.detach(), acc, logits.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*out))
