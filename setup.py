@@ -198,6 +198,34 @@ def write_build_config(config):
         f.write(f"BUILD_CONFIG = {config!r}\n")
 
 
+def openmp_compile_flags():
+    """["-fopenmp"] when torch runs its CPU threads on OpenMP and the compiler accepts the flag.
+
+    ATen's at::parallel_for is an OpenMP pragma in its headers: compiled without -fopenmp,
+    every CPU loop of ours ran on one thread whatever torch.set_num_threads said. Only the
+    compile flag: not linking an OpenMP runtime leaves the GOMP_* calls to the runtime torch
+    has loaded (its libtorch_cpu depends on it, whatever its file is called), so there is one
+    thread pool and torch.set_num_threads governs our loops too."""
+    import torch
+
+    if sys.platform != "linux" or "OpenMP" not in torch.__config__.parallel_info():
+        return []
+    import tempfile
+
+    compiler = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("int main() {\n  int n = 0;\n#pragma omp parallel reduction(+ : n)\n  n += 1;\n  return n > 0 ? 0 : 1;\n}\n")
+        probe = subprocess.run([compiler, "-fopenmp", "-c", src, "-o", os.path.join(tmp, "omp.o")],
+                               capture_output=True, text=True)
+    if probe.returncode != 0:
+        print(f"grl_cuda: {compiler} does not accept -fopenmp; the CPU loops will run on one thread",
+              file=sys.stderr)
+        return []
+    return ["-fopenmp"]
+
+
 def extensions(config):
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
@@ -207,16 +235,9 @@ def extensions(config):
     # loop's selects; it changes no result, only assumes FP exceptions do not trap.
     # -g0: no debug info (Python's default flags add -g), a third less compile time and a smaller wheel.
     cxx_flags = ["-O3", "-fno-trapping-math", "-g0"]
-    # at::parallel_for is an OpenMP pragma in ATen's headers: compiled without -fopenmp it runs
-    # on one thread (measured: the fused losses took as long on 2 threads as on 1). Linked with it
-    # too, the loader maps libgomp.so.1 to the copy torch has loaded already (same soname).
-    link_flags = []
-    if sys.platform.startswith("linux"):
-        cxx_flags.append("-fopenmp")
-        link_flags.append("-fopenmp")
+    cxx_flags += openmp_compile_flags()
     if not config["with_cuda"]:
-        return [CppExtension("grl_cuda._C", sources, extra_compile_args={"cxx": cxx_flags},
-                             extra_link_args=link_flags)]
+        return [CppExtension("grl_cuda._C", sources, extra_compile_args={"cxx": cxx_flags})]
     sources.append("csrc/cuda/kernels_cuda.cu")
     return [
         CUDAExtension(
@@ -225,7 +246,6 @@ def extensions(config):
             include_dirs=nvidia_wheel_includes(),
             define_macros=[("GRL_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
-            extra_link_args=link_flags,
         )
     ]
 

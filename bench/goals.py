@@ -84,7 +84,10 @@ def _pairs_slower(rows, key, ours_name, other_name):
     return checked, slower, noise
 
 
-def _verdict(ok):
+def _verdict(ok, checked=1):
+    """met / **missed**, or "-" when nothing was compared (a --quick run skips sizes and cases)."""
+    if not checked:
+        return "-"
     return "met" if ok else "**missed**"
 
 
@@ -99,11 +102,11 @@ def report(results):
         found = "; ".join(slower) if slower else "none"
         lines.append(f"| reversal never slower than the fastest pure PyTorch layer (eager vs eager, compiled vs "
                      f"compiled; every dtype, size, forward/backward) | {checked} cells: slower in {len(slower)} "
-                     f"({found}); within noise in {len(noise)} | {_verdict(not slower)} |")
+                     f"({found}); within noise in {len(noise)} | {_verdict(not slower, checked)} |")
         shares = bandwidth_at_1e7(grl)
         cells = ", ".join(f"{d} {s:.0%}" if s else f"{d} -" for d, s in shares.items())
         lines.append(f"| >= 70% of `out=` bandwidth at 1e7, every dtype (backward's added time) | {cells or '-'} | "
-                     f"{_verdict(bool(shares) and all(s and s >= 0.7 for s in shares.values()))} |")
+                     f"{_verdict(all(s and s >= 0.7 for s in shares.values()), len(shares))} |")
     else:
         lines.append("| reversal goals | family `grl` not run | - |")
     loss = results.get("loss")
@@ -115,21 +118,21 @@ def report(results):
         checked, slower, noise = _pairs_slower(loss["timing"], "n", "grl_cuda.domain_bce_with_logits",
                                                "F.binary_cross_entropy_with_logits + labels")
         lines.append(f"| fused BCE never slower than torch | {checked} sizes: slower in {len(slower)} "
-                     f"({'; '.join(slower) or 'none'}) | {_verdict(not slower)} |")
+                     f"({'; '.join(slower) or 'none'}); within noise in {len(noise)} | {_verdict(not slower, checked)} |")
     ce = results.get("cross_entropy")
     if ce:
         checked, slower, noise = _pairs_slower(ce["timing"], "shape", "grl_cuda.domain_cross_entropy",
                                                "F.cross_entropy")
         lines.append(f"| K-way loss never slower than `F.cross_entropy` | {checked} shapes: slower in "
                      f"{len(slower)} ({'; '.join(slower) or 'none'}); within noise in {len(noise)} | "
-                     f"{_verdict(not slower)} |")
+                     f"{_verdict(not slower, checked)} |")
     lin = results.get("linear")
     if lin:
         checked, slower, noise = _pairs_slower(lin["timing"], "shape", "GradientReversalLinear",
                                                "GradientReversal + nn.Linear")
         lines.append(f"| `GradientReversalLinear` never slower than `GradientReversal` + `nn.Linear` | {checked} "
                      f"shapes: slower in {len(slower)} ({'; '.join(slower) or 'none'}); within noise in "
-                     f"{len(noise)} | {_verdict(not slower)} |")
+                     f"{len(noise)} | {_verdict(not slower, checked)} |")
     e2e = results.get("e2e")
     steps = {r["impl"]: r["full"] for r in e2e["timing"] if r["case"] == PIPELINE_CASE} if e2e else {}
     if "eager" in steps and any("--compile" in k for k in steps):

@@ -155,7 +155,10 @@ std::optional<at::Tensor> fast_grad_reverse(const at::Tensor& x, py::handle lamb
 // CPU loop on one thread, whatever torch.set_num_threads says. This tells the two apart.
 int64_t parallel_for_threads(int64_t n) {
   std::vector<std::atomic<int>> seen(static_cast<size_t>(at::get_num_threads()));
-  at::parallel_for(0, n, 1, [&](int64_t, int64_t) { seen[at::get_thread_num()].store(1); });
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    const auto t = static_cast<size_t>(at::get_thread_num());
+    if (t < seen.size()) seen[t].store(1);  // a thread number past torch's count: not ours to count
+  });
   int64_t used = 0;
   for (auto& s : seen) used += s.load();
   return used;

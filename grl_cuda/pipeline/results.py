@@ -21,6 +21,7 @@ import statistics
 import sys
 
 from . import data as data_mod
+from . import speed
 from .cli import add_option
 from .config import RECOMMENDED, Config, UserError, same_run
 from .loop import fit
@@ -71,6 +72,8 @@ def run_one(args, task, method, seed, k=0):
             return json.load(f)  # the same run (up to options this method never reads), finished earlier
     if args.table_only:
         return None
+    if cfg.compile:
+        speed.reset_compiled()  # the earlier runs' compiled networks are done with
     if os.path.exists(os.path.join(folder, CHECKPOINT)) and not args.rerun:
         cfg.resume = True
         try:
@@ -91,14 +94,18 @@ def mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def bounds_of_seeds(task_results, values):
+    """(source only, target only) means over the seeds where ``values`` has a run (None: not
+    run), so that a cell short of seeds is measured against the bounds of its own seeds."""
+    def mean_at(name):
+        bound = task_results.get(name, [])
+        return mean_std([b for v, b in zip(values, bound) if v is not None])[0]
+    return mean_at("source-only"), mean_at("target-only")
+
+
 def table(results, tasks, methods, seeds):
     header = "| method | " + " | ".join(tasks) + " |"
     lines = [header, "|---" * (len(tasks) + 1) + "|"]
-    gaps = {}
-    for task in tasks:
-        so = mean_std(results[task].get("source-only", []))[0]
-        to = mean_std(results[task].get("target-only", []))[0]
-        gaps[task] = (so, to)
     for method in methods:
         cells = []
         for task in tasks:
@@ -110,7 +117,7 @@ def table(results, tasks, methods, seeds):
             cell = f"{mean:.4f} ± {std:.4f}" if done > 1 else f"{mean:.4f}"  # no spread from one seed
             if done < seeds:
                 cell += f" ({done} of {seeds} seeds)"
-            so, to = gaps[task]
+            so, to = bounds_of_seeds(results[task], results[task][method])
             if method not in ("source-only", "target-only") and so is not None and to is not None and to != so:
                 cell += f" ({100 * (mean - so) / (to - so):.1f}%)"
             paper = PAPER.get(task, {}).get(method)
@@ -121,7 +128,7 @@ def table(results, tasks, methods, seeds):
     return "\n".join(lines)
 
 
-def table_by_k(results_k, task, methods, ks):
+def table_by_k(results_k, task, methods, ks, seeds):
     """Semi-supervised: a row per method, a column per K (labeled target samples per class)."""
     lines = ["| method | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     for method in methods:
@@ -130,7 +137,8 @@ def table_by_k(results_k, task, methods, ks):
             values = results_k.get(k, {}).get(task, {}).get(method, [])
             mean, std = mean_std(values)
             done = sum(v is not None for v in values)
-            cells.append("-" if mean is None else f"{mean:.4f} ± {std:.4f}" if done > 1 else f"{mean:.4f}")
+            cell = "-" if mean is None else f"{mean:.4f} ± {std:.4f}" if done > 1 else f"{mean:.4f}"
+            cells.append(cell + (f" ({done} of {seeds} seeds)" if mean is not None and done < seeds else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -182,6 +190,8 @@ def grid(args):
         raise UserError(f"--target-labeled {args.target_labeled!r}: a comma list of integers, e.g. 0,1,5,10") from None
     if args.ks[0] < 0:
         raise UserError(f"--target-labeled {args.target_labeled!r}: K must be >= 0")
+    if args.table_only and args.rerun:
+        raise UserError("--table-only reads the finished runs and --rerun ignores them: give one of the two")
     methods = [m.strip() for m in args.methods.split(",")]
     for t in tasks:
         if t not in data_mod.TASKS:
@@ -237,7 +247,7 @@ def write_report(args, tasks, methods, results, records):
         for task in tasks:
             md += [f"## Semi-supervised, `{task}`: target test accuracy with K labeled target train samples per "
                    "class (the K rows of each seed: `target_labeled_rows` in the run's summary.json)", "",
-                   table_by_k(results, task, methods, args.ks), ""]
+                   table_by_k(results, task, methods, args.ks, args.seeds), ""]
     sizes = {t: data_mod.TASKS[t][1] for t in tasks}
     options = {name: getattr(args, name) for name in PASSED_ON}
     md += ["Data: " + "; ".join(f"`{t}`: {d}" for t, d in sizes.items()), "",
@@ -248,6 +258,7 @@ def write_report(args, tasks, methods, results, records):
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"steps": args.steps, "seeds": args.seeds, "target_labeled": args.ks, "options": options,
+                   "speed_options": {name: getattr(args, name) for name in ("compile", "channels_last", "threads")},
                    "runs": records}, f, indent=2)
     return text
 

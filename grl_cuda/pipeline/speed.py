@@ -15,7 +15,7 @@ import torch
 import torch._dynamo
 from torch import nn
 
-__all__ = ["prepare_networks", "max_pool2d"]
+__all__ = ["max_pool2d", "prepare_networks", "reset_compiled"]
 
 
 def prepare_networks(method, cfg):
@@ -55,7 +55,11 @@ def _compile_training(module):
     limit grows with the parts, 8 versions each, as if each had a code object of its own."""
     global _compiled_parts
     _compiled_parts += 1
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * _compiled_parts)
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 8 * _compiled_parts)
+    # dynamo's second cap counts every version of a code object in the process (256): a long
+    # grid is reset between runs (reset_compiled), and the cap keeps room for this run's parts
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * _compiled_parts + 256)
     eager = module.forward
     compiled = torch.compile(eager, dynamic=False)
 
@@ -65,6 +69,15 @@ def _compile_training(module):
         return eager(*args, **kwargs)
 
     module.forward = forward
+
+
+def reset_compiled():
+    """Drops every compiled version (torch._dynamo.reset) and the count of compiled parts: for a
+    process that trains run after run with --compile (grl_cuda.results), whose finished runs'
+    networks will not be called again."""
+    global _compiled_parts
+    torch._dynamo.reset()
+    _compiled_parts = 0
 
 
 # ---- max pooling as an opaque op ---------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_per_seed_gaps_show_a_seed_where_the_method_hurts():
 
 
 def test_table_only_trains_nothing_and_counts_the_seeds_it_has(tmp_path, monkeypatch):
-    from grl_cuda.pipeline import results
+    from grl_cuda.pipeline import config, results
 
     monkeypatch.setattr(results, "fit", lambda cfg, progress: pytest.fail("--table-only trained"))
     args = results.build_parser().parse_args(["--out", str(tmp_path), "--table-only", "--seeds", "3"])
@@ -93,10 +93,13 @@ def test_table_only_trains_nothing_and_counts_the_seeds_it_has(tmp_path, monkeyp
     res, records = results.run_grid(args, tasks, methods)
     assert res[0]["mnist-mnistm"]["dann"] == [0.7, None, 0.6]
     text = results.write_report(args, tasks, methods, res, records)
-    assert "| dann | 0.6500 ± 0.0707 (2 of 3 seeds) (37.5%) [paper" in text  # (0.65 - 0.5) / (0.9 - 0.5)
+    # against the bounds of the same seeds 0 and 2: (0.65 - 0.45) / (0.85 - 0.45), as the per-seed row
+    assert "| dann | 0.6500 ± 0.0707 (2 of 3 seeds) (50.0%) [paper" in text
     assert "| mcc | - |" in text
     # per seed, each against its own seed's bounds: seeds 0 and 2 (50.0%, 50.0%), seed 1 skipped, not shifted
     assert "| dann | 50.0% / 50.0% (2/2 > 0) |" in text
+    with pytest.raises(config.UserError, match="--table-only"):
+        results.grid(results.build_parser().parse_args(["--table-only", "--rerun"]))
 
 
 def test_speed_options_reach_the_runs_and_do_not_redefine_them(tmp_path, monkeypatch):
@@ -105,8 +108,12 @@ def test_speed_options_reach_the_runs_and_do_not_redefine_them(tmp_path, monkeyp
     seen = []
     monkeypatch.setattr(results, "fit", lambda cfg, progress: seen.append(cfg) or {"target_test_acc": 0.5})
     args = results.build_parser().parse_args(["--out", str(tmp_path), "--compile", "--channels-last", "--threads", "1"])
+    resets = []
+    monkeypatch.setattr(results.speed, "reset_compiled", lambda: resets.append(1))
     results.run_one(args, "mnist-mnistm", "dann", 0)
+    results.run_one(args, "mnist-mnistm", "dann", 1)
     assert seen[0].compile and seen[0].channels_last and seen[0].threads == 1
+    assert len(resets) == 2  # each --compile run starts without the earlier runs' compiled versions
     from grl_cuda.pipeline.config import RUN_DEFINING
 
     assert not set(results.SPEED_OPTIONS) & set(RUN_DEFINING)  # a finished eager run is reused under --compile

@@ -109,12 +109,12 @@ class Method:
         for opt in self.optimizers().values():
             for group in opt.param_groups:
                 value = lr * group.get("lr_mult", 1.0)
-                if torch.is_tensor(group["lr"]):
+                if not self.cfg.compile:
+                    group["lr"] = value  # a float, even where a compiled run's checkpoint left a tensor
+                elif torch.is_tensor(group["lr"]):
                     group["lr"].fill_(value)
-                elif self.cfg.compile:  # the compiled optimizer step reads a tensor lr as an input: no recompiling
-                    group["lr"] = torch.tensor(value, dtype=torch.float64)  # per step for the annealed schedule
-                else:
-                    group["lr"] = value
+                else:  # the compiled optimizer step reads a tensor lr as an input: no recompiling per step
+                    group["lr"] = torch.tensor(value, dtype=torch.float64)
 
     def train(self, mode=True):
         for net in self.networks().values():
