@@ -100,7 +100,7 @@ def test_optional_peers_are_checked_before_timing(monkeypatch):
     assert torch.equal(x.grad, torch.full((3,), -0.7))
 
 
-def test_compiled_grl_rows_stay_compiled_across_sizes(monkeypatch):
+def test_compiled_grl_rows_stay_compiled_across_sizes():
     # the full run compiles x -> layer -> * w -> sum for every size and dtype; one lambda for all
     # of them ran out of dynamo's 8 versions and timed eager code as "(torch.compile)"
     import torch
@@ -108,14 +108,14 @@ def test_compiled_grl_rows_stay_compiled_across_sizes(monkeypatch):
 
     from bench import grl
 
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    for n in range(1, 7):  # 12 compiled graphs, as six sizes of the full run
-        w = torch.randn(n)
-        x = torch.randn(n, requires_grad=True)
-        for graph in grl._compiled_graphs(w).values():
-            x.grad = None
-            graph(x).backward()
-            torch.testing.assert_close(x.grad, -grl.LAMBDA * w)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for n in range(1, 7):  # 12 compiled graphs, as six sizes of the full run
+            w = torch.randn(n)
+            x = torch.randn(n, requires_grad=True)
+            for graph in grl._compiled_graphs(w).values():
+                x.grad = None
+                graph(x).backward()
+                torch.testing.assert_close(x.grad, -grl.LAMBDA * w)
 
 
 def test_goals_table_calls_slower_only_outside_the_spread():

@@ -193,17 +193,18 @@ def test_amp_flag_trains_under_cpu_autocast(tmp_path, data_dir, monkeypatch):
     assert all(np.isfinite(r["label_loss"]) for r in records) and 0.0 <= summary["target_test_acc"] <= 1.0
 
 
-def test_compile_stays_compiled_over_many_runs_in_one_process(tmp_path, data_dir, monkeypatch):
+def test_compile_stays_compiled_over_many_runs_in_one_process(tmp_path, data_dir):
     # a grid (grl_cuda.results --compile) trains run after run in one process; every compiled
     # part is a version of one code object, and past dynamo's 8 versions later runs went eager
     import torch._dynamo
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)  # eager fallback: an error
-    for i, method in enumerate(["source-only", "dann", "mcd", "dann"]):
-        summary = train(cfg_for(tmp_path, data_dir, method=method, steps=2, eval_every=1000, compile=True,
-                                out=str(tmp_path / f"run{i}")), progress=False)
-        assert summary["steps"] == 2
+    # config.patch, not monkeypatch: monkeypatch's undo deletes a dynamo config entry (torch 2.14)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # an eager fallback is an error
+        for i, method in enumerate(["source-only", "dann", "mcd", "dann"]):
+            summary = train(cfg_for(tmp_path, data_dir, method=method, steps=2, eval_every=1000, compile=True,
+                                    out=str(tmp_path / f"run{i}")), progress=False)
+            assert summary["steps"] == 2
 
 
 @pytest.mark.parametrize("passes", ["joint", "separate"])
