@@ -29,27 +29,19 @@ def reversal_never_slower(grl):
     cells = {}
     for row in grl["timing"]:
         cells.setdefault((row["dtype"], row["n"]), {})[row["impl"]] = row
-    checked, slower, noise = 0, [], []
+    labelled = []
     for (dtype, n), impls in sorted(cells.items()):
-        pairs = []
         for kind in KINDS:
+            where = f"{dtype} {_size(n)} {KINDS[kind]}"
             if "grl_cuda" in impls and impls["grl_cuda"].get(kind):
                 peers = [impls[p][kind] for p in PURE_EAGER if p in impls and impls[p].get(kind)]
                 if peers:
-                    pairs.append((kind, "eager", impls["grl_cuda"][kind], min(peers, key=lambda t: t["median"])))
+                    labelled.append((f"{where} (eager)", impls["grl_cuda"][kind], min(peers, key=lambda t: t["median"])))
             compiled = impls.get("grl_cuda (torch.compile)", {}).get(kind)
             pure_compiled = impls.get("best pure PyTorch (torch.compile)", {}).get(kind)
             if compiled and pure_compiled:
-                pairs.append((kind, "compiled", compiled, pure_compiled))
-        for kind, mode, ours, other in pairs:
-            checked += 1
-            verdict = compare(ours, other)
-            label = f"{dtype} {_size(n)} {KINDS[kind]} ({mode}): {ours['median'] * 1e6:.1f} vs {other['median'] * 1e6:.1f} us"
-            if verdict == "slower":
-                slower.append(label)
-            elif verdict == "noise":
-                noise.append(label)
-    return checked, slower, noise
+                labelled.append((f"{where} (compiled)", compiled, pure_compiled))
+    return sort_verdicts(labelled)
 
 
 def bandwidth_at_1e7(grl):
@@ -70,18 +62,30 @@ def _loss_ratio(loss, n):
     return None if not (ours and torch_) else torch_["median"] / ours["median"]
 
 
-def _pairs_slower(rows, key, ours_name, other_name):
-    slower, noise, checked = [], [], 0
+def sort_verdicts(labelled):
+    """(how many compared, labels of the slower ones, labels of those within noise) for a list
+    of (label, ours, other) timings."""
+    slower, noise = [], []
+    for label, ours, other in labelled:
+        verdict = compare(ours, other)
+        text = f"{label}: {ours['median'] * 1e6:.1f} vs {other['median'] * 1e6:.1f} us"
+        if verdict == "slower":
+            slower.append(text)
+        elif verdict == "noise":
+            noise.append(text)
+    return len(labelled), slower, noise
+
+
+def _never_slower_row(goal, rows, key, ours_name, other_name, unit):
+    """A goals-table row: ``ours_name`` against ``other_name`` at every ``key`` of a family's rows."""
     by = {}
     for r in rows:
         by.setdefault(r[key], {})[r["impl"]] = r["full"]
-    for where, impls in by.items():
-        if ours_name in impls and other_name in impls:
-            checked += 1
-            verdict = compare(impls[ours_name], impls[other_name])
-            label = f"{where}: {impls[ours_name]['median'] * 1e6:.1f} vs {impls[other_name]['median'] * 1e6:.1f} us"
-            (slower if verdict == "slower" else noise if verdict == "noise" else []).append(label)
-    return checked, slower, noise
+    checked, slower, noise = sort_verdicts([(str(where), impls[ours_name], impls[other_name])
+                                            for where, impls in by.items()
+                                            if ours_name in impls and other_name in impls])
+    return (f"| {goal} | {checked} {unit}: slower in {len(slower)} ({'; '.join(slower) or 'none'}); "
+            f"within noise in {len(noise)} | {_verdict(not slower, checked)} |")
 
 
 def _verdict(ok, checked=1):
@@ -115,24 +119,17 @@ def report(results):
         text = f"{r7:.2f}x at 1e7, {r6:.2f}x at 1e6" if r7 and r6 else "sizes not in this run (--quick?)"
         verdict = _verdict(r7 >= 4 and r6 >= 2) if r7 and r6 else "-"
         lines.append(f"| fused BCE >= 4x torch at 1e7, >= 2x at 1e6 | {text} | {verdict} |")
-        checked, slower, noise = _pairs_slower(loss["timing"], "n", "grl_cuda.domain_bce_with_logits",
-                                               "F.binary_cross_entropy_with_logits + labels")
-        lines.append(f"| fused BCE never slower than torch | {checked} sizes: slower in {len(slower)} "
-                     f"({'; '.join(slower) or 'none'}); within noise in {len(noise)} | {_verdict(not slower, checked)} |")
-    ce = results.get("cross_entropy")
-    if ce:
-        checked, slower, noise = _pairs_slower(ce["timing"], "shape", "grl_cuda.domain_cross_entropy",
-                                               "F.cross_entropy")
-        lines.append(f"| K-way loss never slower than `F.cross_entropy` | {checked} shapes: slower in "
-                     f"{len(slower)} ({'; '.join(slower) or 'none'}); within noise in {len(noise)} | "
-                     f"{_verdict(not slower, checked)} |")
-    lin = results.get("linear")
-    if lin:
-        checked, slower, noise = _pairs_slower(lin["timing"], "shape", "GradientReversalLinear",
-                                               "GradientReversal + nn.Linear")
-        lines.append(f"| `GradientReversalLinear` never slower than `GradientReversal` + `nn.Linear` | {checked} "
-                     f"shapes: slower in {len(slower)} ({'; '.join(slower) or 'none'}); within noise in "
-                     f"{len(noise)} | {_verdict(not slower, checked)} |")
+        lines.append(_never_slower_row("fused BCE never slower than torch", loss["timing"], "n",
+                                       "grl_cuda.domain_bce_with_logits",
+                                       "F.binary_cross_entropy_with_logits + labels", "sizes"))
+    if results.get("cross_entropy"):
+        lines.append(_never_slower_row("K-way loss never slower than `F.cross_entropy`",
+                                       results["cross_entropy"]["timing"], "shape",
+                                       "grl_cuda.domain_cross_entropy", "F.cross_entropy", "shapes"))
+    if results.get("linear"):
+        lines.append(_never_slower_row("`GradientReversalLinear` never slower than `GradientReversal` + `nn.Linear`",
+                                       results["linear"]["timing"], "shape", "GradientReversalLinear",
+                                       "GradientReversal + nn.Linear", "shapes"))
     e2e = results.get("e2e")
     steps = {r["impl"]: r["full"] for r in e2e["timing"] if r["case"] == PIPELINE_CASE} if e2e else {}
     if "eager" in steps and any("--compile" in k for k in steps):

@@ -50,7 +50,8 @@ def _compiled_graphs(w):
     the ninth on, so those "compiled" rows timed eager code. Now each graph is its own function
     and the caches are cleared for each size, so each holds one version."""
     torch._dynamo.reset()
-    pure, ours = peers.layers(LAMBDA)["best pure PyTorch"], peers.layers(LAMBDA)["grl_cuda"]
+    layers = peers.layers(LAMBDA)
+    pure, ours = layers["best pure PyTorch"], layers["grl_cuda"]
 
     def pure_graph(t):
         return (pure(t) * w).sum()

@@ -94,6 +94,17 @@ def mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def accuracy_cell(values, seeds):
+    """"mean ± std" of a cell's accuracies (no spread from one seed), saying how many of the
+    ``seeds`` it has when some did not run; "-" when none did."""
+    mean, std = mean_std(values)
+    if mean is None:
+        return "-"
+    done = sum(v is not None for v in values)
+    cell = f"{mean:.4f} ± {std:.4f}" if done > 1 else f"{mean:.4f}"
+    return cell + (f" ({done} of {seeds} seeds)" if done < seeds else "")
+
+
 def bounds_of_seeds(task_results, values):
     """(source only, target only) means over the seeds where ``values`` has a run (None: not
     run), so that a cell short of seeds is measured against the bounds of its own seeds."""
@@ -109,14 +120,11 @@ def table(results, tasks, methods, seeds):
     for method in methods:
         cells = []
         for task in tasks:
-            mean, std = mean_std(results[task].get(method, []))
+            mean = mean_std(results[task].get(method, []))[0]
             if mean is None:
                 cells.append("-")
                 continue
-            done = sum(v is not None for v in results[task][method])
-            cell = f"{mean:.4f} ± {std:.4f}" if done > 1 else f"{mean:.4f}"  # no spread from one seed
-            if done < seeds:
-                cell += f" ({done} of {seeds} seeds)"
+            cell = accuracy_cell(results[task][method], seeds)
             so, to = bounds_of_seeds(results[task], results[task][method])
             if method not in ("source-only", "target-only") and so is not None and to is not None and to != so:
                 cell += f" ({100 * (mean - so) / (to - so):.1f}%)"
@@ -134,11 +142,7 @@ def table_by_k(results_k, task, methods, ks, seeds):
     for method in methods:
         cells = []
         for k in ks:
-            values = results_k.get(k, {}).get(task, {}).get(method, [])
-            mean, std = mean_std(values)
-            done = sum(v is not None for v in values)
-            cell = "-" if mean is None else f"{mean:.4f} ± {std:.4f}" if done > 1 else f"{mean:.4f}"
-            cells.append(cell + (f" ({done} of {seeds} seeds)" if mean is not None and done < seeds else ""))
+            cells.append(accuracy_cell(results_k.get(k, {}).get(task, {}).get(method, []), seeds))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
