@@ -234,7 +234,7 @@ def disc_hidden(cfg):
 def check(cfg):
     """Rejects values no run can use, naming the flag."""
     for name in ("steps", "batch_size", "eval_every", "log_every", "ckpt_every", "collapse_window", "cdan_random_dim",
-                 "dirtt_refresh", "rollback_every"):
+                 "dirtt_refresh", "rollback_every", "num_k"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.normalize not in NORMALIZATIONS:

@@ -79,8 +79,11 @@ def fit(cfg, progress=True):
             log(run, losses, bar, target)
             if due(run, cfg.refresh_every):
                 refresh(run)
-            if run.rollback and due(run, cfg.rollback_every):
-                check_guard(run, bar)
+            if run.rollback and run.step <= run.method.guarded_steps():
+                if run.step == run.method.guarded_steps():  # the last check: keep the last good weights if better
+                    check_guard(run, bar, final=True)
+                elif due(run, cfg.rollback_every):
+                    check_guard(run, bar)
             if due(run, cfg.eval_every) and run.rank == 0:
                 evaluate(run, bar)
             if stop_requested(run, stop) and run.step < cfg.steps:
@@ -90,8 +93,6 @@ def fit(cfg, progress=True):
                 checkpoint(run)
     if run.step < cfg.steps:
         return interrupted(run, stop.signal or "stop_after")
-    if run.rollback:  # report the last good weights if the last ones are worse
-        check_guard(run, None, final=True)
     return finish(run)
 
 
@@ -167,9 +168,9 @@ def check_guard(run, bar, final=False):
     if run.rank == 0:
         run.log.write(record)
         if bar is not None and "rollback_to" in record:
+            then = "" if final else f", lambda x{record['lambda_scale']:g} from now on"
             bar.write(f"step {run.step}: source validation accuracy {record['source_val_acc']:.4f}, "
-                      f"{run.rollback.best_acc:.4f} at step {record['rollback_to']}: rolled back there, "
-                      f"lambda x{record['lambda_scale']:g} from now on")
+                      f"{run.rollback.best_acc:.4f} at step {record['rollback_to']}: rolled back there{then}")
 
 
 def evaluate(run, bar):

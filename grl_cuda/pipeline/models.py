@@ -111,6 +111,28 @@ def route_domains(model, n_source=None, domain="target", source_sizes=None):
             m.source_sizes, m.domain = n, d
 
 
+def batch_norms(model):
+    """The BatchNorm layers of ``model`` that normalise by the batch in training mode."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def frozen_running_stats(model):
+    """Within the block, ``model``'s BatchNorm layers normalise as before (by the batch in
+    training mode) but leave their running statistics, the ones evaluation uses, alone:
+    for extra passes over inputs that are not data (VAT's perturbed images). Through
+    track_running_stats, not by writing the old values back: autograd has saved the
+    statistics' tensors of the passes before, and an in-place write would void them."""
+    layers = [m for m in batch_norms(model) if m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
+
+
 def sorted_by_source(ids, num_sources):
     """(order, sizes): a stable order that groups rows by source id 0..S-1, and each
     source's row count, which is what route_domains(source_sizes=...) reads."""

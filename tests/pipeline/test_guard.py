@@ -164,3 +164,31 @@ def test_runs_log_the_checks_and_resume_bit_exact(tmp_path, data_dir, assert_sam
 def test_methods_without_a_reversal_ignore_it(tmp_path, data_dir):
     summary = train(cfg_for(tmp_path, data_dir, method="source-only", steps=20), progress=False)
     assert summary["rollback"] is None
+
+
+def test_dirt_t_is_guarded_through_its_vada_phase_only():
+    from grl_cuda.pipeline.methods import build_method
+    cfg = Config(method="dirt-t", arch="mnist", steps=40, dirtt_start=0.5)
+    assert build_method(cfg, 10, "cpu").guarded_steps() == 20
+    assert build_method(Config(method="vada", arch="mnist", steps=40), 10, "cpu").guarded_steps() == 40
+
+
+@pytest.mark.slow
+def test_dirt_t_refinement_is_not_rolled_back(tmp_path, data_dir, monkeypatch):
+    # the refinement (steps 20-40) trains on the target alone; the source accuracy may fall there by
+    # design, so the guard's last check is at its start: a final one (lambda unchanged) that keeps the
+    # VADA phase's last good weights. A check during the refinement would find no scripted score.
+    scores = {10: 0.5, 20: 0.4}
+    check = guard.Rollback.check
+
+    def scripted_check(self, step, tensors, final=False):
+        self.scripted_step = step
+        return check(self, step, tensors, final)
+
+    monkeypatch.setattr(guard.Rollback, "check", scripted_check)
+    monkeypatch.setattr(guard.Rollback, "source_val_accs", lambda self, tensors: [scores[self.scripted_step]] * 2)
+    summary = train(cfg_for(tmp_path, data_dir, method="dirt-t", dirtt_start=0.5), progress=False)
+    checks = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in checks if r["kind"] == "guard"] == [10, 20]
+    assert [(e["step"], e["best_step"], e["final"]) for e in summary["rollback"]["rollbacks"]] == [(20, 10, True)]
+    assert summary["rollback"]["lambda_scale"] == 1.0

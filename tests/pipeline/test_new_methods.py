@@ -1,6 +1,7 @@
 """CDAN, CDAN+E, MCC, DANN+MCC, VADA, DIRT-T: their maps and losses against explicit formulas,
 a step moves the loss, same seed same weights, and (slow) resume is bit-exact."""
 
+import copy
 import math
 
 import pytest
@@ -14,8 +15,8 @@ from grl_cuda.pipeline.methods import build_method
 from grl_cuda.pipeline.methods.cdan import (RANDOMIZED_ABOVE, MultilinearMap, RandomizedMultilinearMap,
                                             conditioning_map)
 from grl_cuda.pipeline.methods.mcc import class_confusion
-from grl_cuda.pipeline.methods.vada import _unit, conditional_entropy, soft_cross_entropy, vat_loss
-from grl_cuda.pipeline.models import mnist_net
+from grl_cuda.pipeline.methods.vada import _unit, clean_logits, conditional_entropy, soft_cross_entropy, vat_loss
+from grl_cuda.pipeline.models import mnist_bn_net, mnist_net
 
 NEW = ("cdan", "cdan-e", "mcc", "dann-mcc", "vada", "dirt-t")
 
@@ -55,7 +56,7 @@ def test_auto_map_switches_to_the_randomized_one_above_the_threshold():
 
 def _method(name, seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = Config(method=name, arch="mnist", steps=10, **kw)
+    cfg = Config(**{"method": name, "arch": "mnist", "steps": 10, **kw})
     m = build_method(cfg, 10, "cpu")
     m.set_lr(0.01)
     return m
@@ -180,6 +181,48 @@ def test_vat_loss_is_a_nonnegative_kl_and_zero_without_perturbation():
     assert torch.allclose(conditional_entropy(z), -(p * p.log()).sum(1).mean())
 
 
+def test_vat_runs_in_float32_under_autocast():
+    # bfloat16 rounds the power iteration's step (xi per image) away: the direction would be noise
+    torch.manual_seed(0)
+    net, x = mnist_net(10), torch.randn(6, 3, 32, 32)
+    logits = net(x)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = vat_loss(net, x, logits.bfloat16(), eps=3.5, xi=1e-2)
+    # the float32 computation from the same (bfloat16) reference prediction, bit for bit
+    torch.manual_seed(1)
+    plain = vat_loss(net, x, logits.bfloat16().float(), eps=3.5, xi=1e-2)
+    assert autocast.dtype == torch.float32 and torch.equal(autocast, plain)
+
+
+def test_vat_on_batchnorm_nets_compares_like_with_like_and_keeps_the_running_statistics():
+    torch.manual_seed(0)
+    net, xs, xt = mnist_bn_net(10), torch.randn(6, 3, 32, 32), torch.randn(6, 3, 32, 32) + 1.0
+    joint = net(torch.cat([xs, xt]))  # train mode: normalised by both domains' batch
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+    # without a perturbation the loss is zero against the prediction from the domain's own batch
+    ref = clean_logits(net, xt)
+    assert abs(vat_loss(net, xt, ref, eps=0.0, xi=1e-2).item()) < 1e-6
+    # and not against the joint pass's rows (what VADA compared before): the statistics differ
+    assert vat_loss(net, xt, joint[6:], eps=0.0, xi=1e-2).item() > 1e-3
+    assert vat_loss(net, xt, ref, eps=3.5, xi=1e-2).item() > 0
+    for k, v in net.state_dict().items():  # the perturbed and reference passes left no trace
+        if k in stats:
+            assert torch.equal(v, stats[k]), k
+
+
+def test_vada_on_batchnorm_nets_moves_the_running_statistics_by_the_data_pass_only():
+    m = _method("vada", arch="mnist-bn")
+    source, target = _batches()
+    data_pass_only = copy.deepcopy(m.model)
+    data_pass_only(torch.cat([source.x, target.x]))  # the step's one pass over the data (joint)
+    m.train_step(source, target, 0.5)  # also the reference and perturbed passes of VAT
+    expected = dict(data_pass_only.named_buffers())
+    assert expected
+    for k, v in m.model.named_buffers():
+        assert torch.allclose(v.float(), expected[k].float(), atol=1e-6), k
+
+
 # ---- every new method -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", NEW)
@@ -237,7 +280,8 @@ def test_dirt_t_weighs_the_teacher_kl_as_the_paper_relative_to_the_target_terms(
                                            (dict(dirtt_start=1.0), "--dirtt-start"),
                                            (dict(mcc_temperature=0.0), "--mcc-temperature"),
                                            (dict(vat_xi=0.0), "--vat-xi"),
-                                           (dict(cdan_random_dim=0), "--cdan-random-dim")])
+                                           (dict(cdan_random_dim=0), "--cdan-random-dim"),
+                                           (dict(num_k=0), "--num-k")])
 def test_bad_options_name_their_flag(options, flag):
     with pytest.raises(UserError, match=flag):
         check(Config(**options))

@@ -72,6 +72,12 @@ class Method:
         self._reduced_by_ddp = True
         return self.ddp(source, target, progress)
 
+    def guarded_steps(self):
+        """--rollback (guard.py) watches the run up to this many steps, and its last check
+        there keeps the last good weights if the current ones are worse: the whole run,
+        or the part of it that is adversarial (DIRT-T's refinement is not)."""
+        return self.cfg.steps
+
     def predict(self, x, domain="target"):
         """Class logits for evaluation (eval mode, no grad: the loop sets those).
         ``domain`` ("source" or "target"; with several sources, an int64 tensor of each

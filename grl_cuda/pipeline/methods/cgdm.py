@@ -19,7 +19,11 @@ parameter tensor (row-wise for matrices) and averaged, taken with
 ``create_graph=True`` so that it trains G through a double backward.
 
 Differences from the paper, for a 2-core CPU: the bottleneck is 256-d as in the
-paper, the classifiers are 256-256-K instead of 256-1000-1000-K.
+paper, the classifiers are 256-256-K instead of 256-1000-1000-K. Steps A, B and C
+each run G, F1 and F2 once over the source and target rows together, so the
+BatchNorm1d layers of the bottleneck and the classifiers normalise by the mixture's
+batch statistics (MCD's reference solver runs G on each domain apart, and its step A
+on the source alone).
 """
 
 import torch

@@ -79,6 +79,9 @@ class DANN(Method):
             rows = f[ns + xt.shape[0]:]
             label_loss = label_loss + F.cross_entropy(self.model.classifier(self.model.label_hidden(rows)), labeled[1])
         if self.num_domains == 2:
+            # the mean over all source and target rows, as tllib: at equal batch sizes half the
+            # paper's domain loss (a mean per domain, summed), so the discriminator's gradient and,
+            # through the reversal, the extractor's are half the paper's
             domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
         else:  # sources are domains 0..S-1, every target row (labeled or not) is domain S
             ids = torch.cat([source.domain, source.domain.new_full((f.shape[0] - ns,), self.num_domains - 1)])

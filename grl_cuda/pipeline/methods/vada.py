@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from grl_cuda import domain_bce_with_logits
 
 from ..health import prediction_entropy
+from ..models import batch_norms, frozen_running_stats
 from .dann import DANN
 
 
@@ -63,15 +64,30 @@ def _unit(d):
     return d / norms.view(-1, *([1] * (d.dim() - 1)))
 
 
-def vat_loss(predict, x, logits, eps, xi):
-    """Virtual adversarial loss of ``predict`` at ``x`` (whose logits are ``logits``):
+def vat_loss(model, x, logits, eps, xi):
+    """Virtual adversarial loss of ``model`` at ``x`` (whose logits are ``logits``):
     one power iteration for the most sensitive direction, then KL(p(x) || p(x + r)),
-    r = eps * that direction, the prediction at x held fixed."""
-    p = F.softmax(logits.detach(), dim=1)
-    d = (xi * _unit(torch.randn_like(x))).requires_grad_()
-    grad, = torch.autograd.grad(soft_cross_entropy(p, predict(x + d)), d)
-    r = eps * _unit(grad.detach())
-    return soft_cross_entropy(p, predict(x + r)) - prediction_entropy(p).mean()
+    r = eps * that direction, the prediction at x held fixed.
+
+    In float32 whatever the autocast around it: the power iteration's step (xi per image,
+    ~1e-4 per pixel) is below bfloat16's resolution, which would leave the direction noise.
+    The perturbed passes leave BatchNorm's running statistics as they were (Miyato et
+    al.'s VAT does the same): they are not data, and evaluation uses those statistics."""
+    with torch.autocast(x.device.type, enabled=False), frozen_running_stats(model):
+        p = F.softmax(logits.detach().float(), dim=1)
+        d = (xi * _unit(torch.randn_like(x))).requires_grad_()
+        grad, = torch.autograd.grad(soft_cross_entropy(p, model(x + d)), d)
+        r = eps * _unit(grad.detach())
+        return soft_cross_entropy(p, model(x + r)) - prediction_entropy(p).mean()
+
+
+def clean_logits(model, x):
+    """VAT's reference prediction at ``x``, from a pass over ``x``'s rows alone (no grad):
+    with BatchNorm, the perturbed passes normalise by one domain's batch, and the
+    prediction they are compared with must too (a joint source+target pass mixes them).
+    In float32 as vat_loss's passes."""
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False), frozen_running_stats(model):
+        return model(x)
 
 
 class VADA(DANN):
@@ -92,8 +108,11 @@ class VADA(DANN):
         label_loss = F.cross_entropy(logits[:ns], ys)
         domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
         entropy = conditional_entropy(logits[ns:])
-        vat_s = vat_loss(self.model, xs, logits[:ns], cfg.vat_eps, cfg.vat_xi) if cfg.vada_lambda_s else 0.0 * entropy
-        vat_t = vat_loss(self.model, xt, logits[ns:], cfg.vat_eps, cfg.vat_xi)
+        clean_s, clean_t = logits[:ns], logits[ns:]
+        if batch_norms(self.model):  # the rows of a joint pass were normalised by both domains' statistics
+            clean_s, clean_t = clean_logits(self.model, xs), clean_logits(self.model, xt)
+        vat_s = vat_loss(self.model, xs, clean_s, cfg.vat_eps, cfg.vat_xi) if cfg.vada_lambda_s else 0.0 * entropy
+        vat_t = vat_loss(self.model, xt, clean_t, cfg.vat_eps, cfg.vat_xi)
         # the reversal already scales the extractor's domain gradient by lambda_d
         loss = label_loss + domain_loss + cfg.vada_lambda_s * vat_s + cfg.vada_lambda_t * (entropy + vat_t)
         return loss, {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
@@ -121,6 +140,12 @@ class DIRTT(VADA):
     def refinement_start(self):
         """The first step of the refinement."""
         return int(self.cfg.dirtt_start * self.cfg.steps)
+
+    def guarded_steps(self):
+        # The refinement trains on the target alone, so the source accuracy the guard reads
+        # may fall there by design; the guard stops at its start, which begins from the
+        # VADA phase's last good weights.
+        return self.refinement_start()
 
     def train_step(self, source, target, progress):
         step = round(progress * self.cfg.steps)
