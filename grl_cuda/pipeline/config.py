@@ -264,6 +264,9 @@ def check(cfg):
         raise UserError(f"--vat-eps must be >= 0 and --vat-xi > 0, got {cfg.vat_eps} and {cfg.vat_xi}")
     if not 0.0 <= cfg.dirtt_start < 1.0:
         raise UserError(f"--dirtt-start must be in [0, 1), got {cfg.dirtt_start}")
+    if cfg.rollback and cfg.method == "dirt-t" and int(cfg.dirtt_start * cfg.steps) == 0:
+        raise UserError(f"--rollback watches DIRT-T's VADA phase, and --dirtt-start {cfg.dirtt_start} of "
+                        f"--steps {cfg.steps} leaves none: drop --rollback or raise --dirtt-start")
     if cfg.weights and not cfg.backbone:
         raise UserError("--weights needs --backbone (resnet18 or resnet50)")
     if cfg.backbone and cfg.arch and cfg.arch != cfg.backbone:

@@ -211,6 +211,25 @@ def test_vat_on_batchnorm_nets_compares_like_with_like_and_keeps_the_running_sta
             assert torch.equal(v, stats[k]), k
 
 
+@pytest.mark.parametrize("arch, amp", [("mnist-bn", False), ("mnist", True)])
+def test_vada_vat_is_zero_without_a_perturbation(arch, amp):
+    # the reference prediction must come from the computation the perturbed passes make: one
+    # domain's batch statistics (BatchNorm nets), float32 (under autocast the step's are bfloat16)
+    m = _method("vada", arch=arch, vat_eps=0.0)
+    source, target = _batches()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        _, record = m.losses(source, target, 0.5)
+    assert abs(record["vat_source"].item()) < 1e-6 and abs(record["vat_target"].item()) < 1e-6, record
+    if amp:  # an untrained net's KL is below 1e-6 either way: check the reference itself
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reference = m.vat_reference(target.x, torch.zeros(8, 10, dtype=torch.bfloat16))
+        assert reference.dtype == torch.float32 and torch.equal(reference, m.model(target.x))
+    d = _method("dirt-t", arch=arch, vat_eps=0.0, dirtt_start=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        record = d.train_step(source, target, 0.5)
+    assert abs(record["vat_target"].item()) < 1e-6, record
+
+
 def test_vada_on_batchnorm_nets_moves_the_running_statistics_by_the_data_pass_only():
     m = _method("vada", arch="mnist-bn")
     source, target = _batches()
@@ -281,7 +300,8 @@ def test_dirt_t_weighs_the_teacher_kl_as_the_paper_relative_to_the_target_terms(
                                            (dict(mcc_temperature=0.0), "--mcc-temperature"),
                                            (dict(vat_xi=0.0), "--vat-xi"),
                                            (dict(cdan_random_dim=0), "--cdan-random-dim"),
-                                           (dict(num_k=0), "--num-k")])
+                                           (dict(num_k=0), "--num-k"),
+                                           (dict(method="dirt-t", rollback=0.05, dirtt_start=0.0), "--rollback")])
 def test_bad_options_name_their_flag(options, flag):
     with pytest.raises(UserError, match=flag):
         check(Config(**options))

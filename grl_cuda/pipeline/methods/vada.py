@@ -98,6 +98,15 @@ class VADA(DANN):
     def reversal_lambda(self, progress):
         return self.cfg.vada_lambda_d * self.lambda_scale
 
+    def vat_reference(self, x, logits):
+        """VAT's reference logits at ``x``: the step's own ``logits`` where they come from the
+        computation the perturbed passes make, else a pass of their own (clean_logits):
+        under autocast (the step's are bfloat16) and on BatchNorm nets (a joint pass
+        normalised the rows by both domains' statistics)."""
+        if batch_norms(self.model) or torch.is_autocast_enabled(x.device.type):
+            return clean_logits(self.model, x)
+        return logits
+
     def losses(self, source, target, progress):
         cfg, xs, ys, xt = self.cfg, source.x, source.y, target.x
         lam = self.reversal_lambda(progress)
@@ -108,11 +117,9 @@ class VADA(DANN):
         label_loss = F.cross_entropy(logits[:ns], ys)
         domain_loss, domain_acc = domain_bce_with_logits(self.head(f), ns, return_accuracy=True)
         entropy = conditional_entropy(logits[ns:])
-        clean_s, clean_t = logits[:ns], logits[ns:]
-        if batch_norms(self.model):  # the rows of a joint pass were normalised by both domains' statistics
-            clean_s, clean_t = clean_logits(self.model, xs), clean_logits(self.model, xt)
-        vat_s = vat_loss(self.model, xs, clean_s, cfg.vat_eps, cfg.vat_xi) if cfg.vada_lambda_s else 0.0 * entropy
-        vat_t = vat_loss(self.model, xt, clean_t, cfg.vat_eps, cfg.vat_xi)
+        vat_s = (vat_loss(self.model, xs, self.vat_reference(xs, logits[:ns]), cfg.vat_eps, cfg.vat_xi)
+                 if cfg.vada_lambda_s else 0.0 * entropy)
+        vat_t = vat_loss(self.model, xt, self.vat_reference(xt, logits[ns:]), cfg.vat_eps, cfg.vat_xi)
         # the reversal already scales the extractor's domain gradient by lambda_d
         loss = label_loss + domain_loss + cfg.vada_lambda_s * vat_s + cfg.vada_lambda_t * (entropy + vat_t)
         return loss, {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
@@ -157,7 +164,7 @@ class DIRTT(VADA):
         xt = target.x
         logits = self.model(xt)
         entropy = conditional_entropy(logits)
-        vat_t = vat_loss(self.model, xt, logits, self.cfg.vat_eps, self.cfg.vat_xi)
+        vat_t = vat_loss(self.model, xt, self.vat_reference(xt, logits), self.cfg.vat_eps, self.cfg.vat_xi)
         with torch.no_grad():
             teacher_p = F.softmax(self.teacher(xt), dim=1)
         kl = soft_cross_entropy(teacher_p, logits) - prediction_entropy(teacher_p).mean()
