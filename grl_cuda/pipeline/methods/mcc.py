@@ -57,7 +57,10 @@ class MCC(SourceOnly):
 class DANNMCC(DANN):
     """DANN + MCC: DANN's step (one pass over source and target, the domain loss behind
     the reversal) with the class-confusion loss of the target rows' predictions added.
-    Only the unlabeled target rows enter it (--target-labeled rows have their own label loss)."""
+    Only the unlabeled target rows enter it (--target-labeled rows have their own label loss).
+    The label head runs on the source rows (DANN's label loss) and then on these: on a net
+    whose label head has BatchNorm (mnist-bn), training normalises each domain's rows by
+    their own batch there, while evaluation uses running statistics fed by both."""
 
     name = "dann-mcc"  # the domain loss is DANN's: K-way with several sources
 
