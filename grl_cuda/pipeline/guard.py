@@ -25,8 +25,9 @@ With the score
 At the end the same test decides whether the run reports its last weights or the
 last good ones. The guard watches the steps ``method.guarded_steps()`` says: the whole
 run, except DIRT-T's refinement (target data alone, where the source accuracy may fall
-by design); that refinement starts from the weights the guard's last check kept. The held-out source split is then a validation split: its
-accuracy in summary.json has served for this choice.
+by design); that refinement starts from the weights the guard's last check kept. The
+held-out source split is then a validation split: its accuracy in summary.json has
+served for this choice.
 """
 
 import copy

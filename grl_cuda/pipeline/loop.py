@@ -79,11 +79,10 @@ def fit(cfg, progress=True):
             log(run, losses, bar, target)
             if due(run, cfg.refresh_every):
                 refresh(run)
-            if run.rollback and run.step <= run.method.guarded_steps():
-                if run.step == run.method.guarded_steps():  # the last check: keep the last good weights if better
-                    check_guard(run, bar, final=True)
-                elif due(run, cfg.rollback_every):
-                    check_guard(run, bar)
+            if run.rollback and run.step == run.method.guarded_steps():
+                check_guard(run, bar, final=True)  # the last check: keep the last good weights if better
+            elif run.rollback and run.step < run.method.guarded_steps() and due(run, cfg.rollback_every):
+                check_guard(run, bar)
             if due(run, cfg.eval_every) and run.rank == 0:
                 evaluate(run, bar)
             if stop_requested(run, stop) and run.step < cfg.steps:

@@ -120,6 +120,19 @@ def test_bad_values_are_refused():
         check(Config(rollback=0.05, rollback_every=0))
 
 
+def script_scores(monkeypatch, scores):
+    """The guard's checks score {step: accuracy} from ``scores`` (read when the check runs, so a test
+    may change them between runs) instead of the CPU-dependent real accuracies."""
+    check = guard.Rollback.check
+
+    def scripted_check(self, step, tensors, final=False):
+        self.scripted_step = step
+        return check(self, step, tensors, final)
+
+    monkeypatch.setattr(guard.Rollback, "check", scripted_check)
+    monkeypatch.setattr(guard.Rollback, "source_val_accs", lambda self, tensors: [scores[self.scripted_step]] * 2)
+
+
 def cfg_for(tmp_path, data_dir, **kw):
     base = dict(task="mnist-mnistm", method="dann", steps=40, out=str(tmp_path / "run"), data_dir=data_dir,
                 eval_every=20, log_every=10, ckpt_every=1000, plots=False, rollback=1e-9, rollback_every=10)
@@ -133,14 +146,7 @@ def test_runs_log_the_checks_and_resume_bit_exact(tmp_path, data_dir, assert_sam
     # at 30 to the state of 20, which the interrupted run (stopped at 25) has only through its
     # checkpoint, and a new best at the final check
     scores = {10: 0.5, 20: 0.6, 30: 0.4, 40: 0.7}
-    check = guard.Rollback.check
-
-    def scripted_check(self, step, tensors, final=False):
-        self.scripted_step = step
-        return check(self, step, tensors, final)
-
-    monkeypatch.setattr(guard.Rollback, "check", scripted_check)
-    monkeypatch.setattr(guard.Rollback, "source_val_accs", lambda self, tensors: [scores[self.scripted_step]] * 2)
+    script_scores(monkeypatch, scores)
     straight = cfg_for(tmp_path, data_dir, out=str(tmp_path / "straight"), ema=0.9)
     summary = train(straight, progress=False)
     checks = [json.loads(line) for line in open(tmp_path / "straight" / "metrics.jsonl")]
@@ -179,14 +185,7 @@ def test_dirt_t_refinement_is_not_rolled_back(tmp_path, data_dir, monkeypatch):
     # design, so the guard's last check is at its start: a final one (lambda unchanged) that keeps the
     # VADA phase's last good weights. A check during the refinement would find no scripted score.
     scores = {10: 0.5, 20: 0.4}
-    check = guard.Rollback.check
-
-    def scripted_check(self, step, tensors, final=False):
-        self.scripted_step = step
-        return check(self, step, tensors, final)
-
-    monkeypatch.setattr(guard.Rollback, "check", scripted_check)
-    monkeypatch.setattr(guard.Rollback, "source_val_accs", lambda self, tensors: [scores[self.scripted_step]] * 2)
+    script_scores(monkeypatch, scores)
     summary = train(cfg_for(tmp_path, data_dir, method="dirt-t", dirtt_start=0.5), progress=False)
     checks = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in checks if r["kind"] == "guard"] == [10, 20]
