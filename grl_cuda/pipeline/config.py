@@ -35,13 +35,17 @@ class UserError(Exception):
 
 
 def option(default, help, group, *, defines_run=False, read_by=None, flag=None, type=None, choices=None,
-           action=None, settled=False):
+           action=None, settled=False, only_with=None, before=None):
     """A Config field. ``group``: the --help section (None: not on the command line).
     ``flag``: the flag if not --field-name (e.g. --no-plots for a store_false switch).
     ``read_by``: the methods that read it (None: all). ``settled``: the loop fills it
-    in, so a run not yet started cannot be compared on it."""
+    in, so a run not yet started cannot be compared on it. ``only_with``: another
+    option without which this one is not read (e.g. nothing reads --no-rollback-collapse
+    without --rollback). ``before``: what runs saved before the option existed did,
+    when that is not its default."""
     meta = {"help": help, "group": group, "defines_run": defines_run, "read_by": read_by, "flag": flag,
-            "type": type, "choices": choices, "action": action, "settled": settled}
+            "type": type, "choices": choices, "action": action, "settled": settled, "only_with": only_with,
+            "before": default if before is None else before}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -106,6 +110,12 @@ class Config:
                              defines_run=True, read_by=ADVERSARIAL)
     rollback_every: int = option(250, "adversarial methods: steps between the --rollback checks", "method",
                                  defines_run=True, read_by=ADVERSARIAL)
+    rollback_collapse: bool = option(True, "adversarial methods with --rollback: a check fails on the source "
+                                     "accuracy alone, not also on a collapse of the target predictions (the collapse "
+                                     "monitor's uniform flag, or its target-collapse flag with the target marginal "
+                                     "entropy fallen since the last good state: pipeline/guard.py)", "method",
+                                     flag="--no-rollback-collapse", action="store_false", defines_run=True,
+                                     read_by=ADVERSARIAL, only_with="rollback", before=False)
     disc_hidden: str = option("", "DANN: the domain classifier's hidden widths, e.g. 1024,1024 (default: the "
                               "paper's for the architecture)", "method", defines_run=True, read_by=ADVERSARIAL)
     alpha: float = option(0.1, "CGDM: weight of the pseudo-label loss", "method", defines_run=True,
@@ -188,8 +198,9 @@ def run_identity(cfg):
 
 
 def saved_value(saved, name):
-    """An option as a saved run recorded it; runs from before the option existed ran with its default."""
-    return saved.get(name, FIELDS[name].default)
+    """An option as a saved run recorded it; runs from before the option existed ran with its default,
+    or the behaviour its ``before`` names."""
+    return saved.get(name, FIELDS[name].metadata["before"])
 
 
 def run_differences(saved, cfg, *, before_fit=False):
@@ -204,6 +215,8 @@ def run_differences(saved, cfg, *, before_fit=False):
         unread = meta["read_by"] is not None and cfg.method not in meta["read_by"]
         if before_fit and (meta["settled"] or unread):
             continue
+        if meta["only_with"] and not getattr(cfg, meta["only_with"]) and not saved_value(saved, meta["only_with"]):
+            continue  # read by neither run
         if then != now:
             diff[name] = (then, now)
     return diff

@@ -22,6 +22,18 @@ With the score
   the next rollback). The step counter, the data order and the random streams go
   on, so the run does not replay the steps that failed.
 
+The source accuracy cannot see a collapse on the target alone: VADA on UCI digits
+-> MNIST put every target image in one class from step 650 (target accuracy 0.10)
+while the source accuracy stayed at 0.99 (docs/dann_probes_mnist_mnistm.md, session
+9). So the guard also reads the collapse monitor (health.py; label-free, on by
+default, ``--no-rollback-collapse`` turns it off): a check fails, whatever the
+source accuracy, when the monitor's ``uniform`` flag is up (every target prediction
+near uniform), or its ``target-collapse`` flag is up *and* the target predictions'
+marginal entropy (the window's mean, in units of log K) has fallen more than
+COLLAPSE_DROP below its value at the last good state. The second condition keeps
+a target whose classes really are few (low marginal entropy from the start) from
+reading as a collapse. A state is kept as good only when the check does not fail.
+
 At the end the same test decides whether the run reports its last weights or the
 last good ones. The guard watches the steps ``method.guarded_steps()`` says: the whole
 run, except DIRT-T's refinement (target data alone, where the source accuracy may fall
@@ -31,6 +43,7 @@ served for this choice.
 """
 
 import copy
+import math
 
 import torch
 import torch.distributed as dist
@@ -39,18 +52,25 @@ from .evaluate import source_test_accuracy
 
 # Each rollback multiplies the reversal's lambda by this.
 LAMBDA_FACTOR = 0.5
+# A target-collapse flag fails a check when the marginal entropy of the target predictions (in units
+# of log K) is this much below its value at the last good state: one class of ten is a fall of ~0.9
+# from a balanced start; a target with few classes starts low and does not fall.
+COLLAPSE_DROP = 0.25
 
 
 class Rollback:
     """The guard of one run (module doc). Its state goes in the checkpoint."""
 
-    def __init__(self, drop, method, average, rank=0, world=1):
+    def __init__(self, drop, method, average, rank=0, world=1, monitor=None):
         self.drop, self.method, self.average = drop, method, average
         self.rank, self.world = rank, world
+        self.monitor = monitor  # health.CollapseMonitor whose flags fail a check (None: the source accuracy alone)
         self.best_acc = -1.0
         self.best_step = None
         self.good = None  # {"method": state, "average": state} at best_step, deep copies
-        self.rollbacks = []  # [{"step", "source_val_acc", "best_acc", "best_step", "lambda_scale", "final"}]
+        self.good_marginal = math.nan  # the target marginal entropy at best_step (the monitor's window mean)
+        # [{"step", "reason", "source_val_acc", "best_acc", "best_step", "lambda_scale", "final"}]
+        self.rollbacks = []
         method.lambda_scale = 1.0
 
     @property
@@ -72,26 +92,55 @@ class Rollback:
             dist.broadcast(accs, 0)
         return accs.tolist()
 
+    def target_signs(self):
+        """Rank 0's monitor, on every rank: (uniform flag up, target-collapse flag up, the window's mean
+        target marginal entropy)."""
+        signs = torch.zeros(3, dtype=torch.float64)
+        if self.rank == 0:
+            active = self.monitor.active
+            signs[0], signs[1] = float("uniform" in active), float("target-collapse" in active)
+            signs[2] = self.monitor.mean("target_marginal_entropy")
+        if self.world > 1:
+            dist.broadcast(signs, 0)
+        uniform, low, marginal = signs.tolist()
+        return bool(uniform), bool(low), marginal
+
+    def collapse(self):
+        """(the collapse that fails this check: "uniform", "target-collapse" or None (module doc), the
+        target marginal entropy it read)."""
+        if self.monitor is None:
+            return None, math.nan
+        uniform, low, marginal = self.target_signs()
+        if uniform:
+            return "uniform", marginal
+        if low and self.good_marginal - marginal > COLLAPSE_DROP:  # False while good_marginal is nan
+            return "target-collapse", marginal
+        return None, marginal
+
     def check(self, step, tensors, final=False):
         """Measures, then keeps or restores (module doc). Returns the metrics record."""
         current, averaged = self.source_val_accs(tensors)
         acc = min(current, averaged)
-        record = {"kind": "guard", "step": step, "source_val_acc": acc, "best_acc": max(acc, self.best_acc),
-                  "lambda_scale": self.lambda_scale}
+        collapse, marginal = self.collapse()
+        record = {"kind": "guard", "step": step, "source_val_acc": acc, "lambda_scale": self.lambda_scale}
         if self.average:
             record.update(current_source_val_acc=current, averaged_source_val_acc=averaged)
-        if acc >= self.best_acc:
-            self.best_acc, self.best_step = acc, step
+        if self.monitor is not None:
+            record.update(target_marginal_entropy=None if math.isnan(marginal) else marginal, collapse=collapse)
+        if collapse is None and acc >= self.best_acc:
+            self.best_acc, self.best_step, self.good_marginal = acc, step, marginal
             self.good = {"method": copy.deepcopy(self.method.state_dict()),
                          "average": copy.deepcopy(self.average.state_dict()) if self.average else None}
-        elif self.best_acc - acc > self.drop:
+        elif (collapse or self.best_acc - acc > self.drop) and self.good is not None:
             self._restore()
             if not final:  # the run goes on from the good state, more gently
                 self.method.lambda_scale *= LAMBDA_FACTOR
-            event = {"step": step, "source_val_acc": acc, "best_acc": self.best_acc, "best_step": self.best_step,
-                     "lambda_scale": self.lambda_scale, "final": final}
+            event = {"step": step, "reason": collapse or "source accuracy", "source_val_acc": acc,
+                     "best_acc": self.best_acc, "best_step": self.best_step, "lambda_scale": self.lambda_scale,
+                     "final": final}
             self.rollbacks.append(event)
             record.update(rollback_to=self.best_step, lambda_scale=self.lambda_scale)
+        record["best_acc"] = self.best_acc
         return record
 
     def _restore(self):
@@ -100,13 +149,16 @@ class Rollback:
             self.average.load_state_dict(self.good["average"])
 
     def summary(self):
-        return {"drop": self.drop, "best_source_val_acc": self.best_acc, "best_step": self.best_step,
+        return {"drop": self.drop, "watches_collapse": self.monitor is not None,
+                "best_source_val_acc": self.best_acc, "best_step": self.best_step,
                 "lambda_scale": self.lambda_scale, "rollbacks": list(self.rollbacks)}
 
     def state_dict(self):
         return {"best_acc": self.best_acc, "best_step": self.best_step, "good": self.good,
-                "lambda_scale": self.lambda_scale, "rollbacks": list(self.rollbacks)}
+                "good_marginal": self.good_marginal, "lambda_scale": self.lambda_scale,
+                "rollbacks": list(self.rollbacks)}
 
     def load_state_dict(self, state):
         self.best_acc, self.best_step, self.good = state["best_acc"], state["best_step"], state["good"]
+        self.good_marginal = state.get("good_marginal", math.nan)  # checkpoints from before the collapse check
         self.method.lambda_scale, self.rollbacks = state["lambda_scale"], list(state["rollbacks"])

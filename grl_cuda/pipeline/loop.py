@@ -168,8 +168,10 @@ def check_guard(run, bar, final=False):
         run.log.write(record)
         if bar is not None and "rollback_to" in record:
             then = "" if final else f", lambda x{record['lambda_scale']:g} from now on"
-            bar.write(f"step {run.step}: source validation accuracy {record['source_val_acc']:.4f}, "
-                      f"{run.rollback.best_acc:.4f} at step {record['rollback_to']}: rolled back there{then}")
+            why = (f"the target predictions collapsed ({record['collapse']}; their marginal entropy "
+                   f"{record['target_marginal_entropy']:.2f} of log K)" if record.get("collapse") else
+                   f"source validation accuracy {record['source_val_acc']:.4f} against {run.rollback.best_acc:.4f}")
+            bar.write(f"step {run.step}: {why}: rolled back to step {record['rollback_to']}{then}")
 
 
 def evaluate(run, bar):
@@ -249,7 +251,8 @@ def setup(cfg):
     run = Run(cfg, task, tensors, method, average, samplers, rank, world, runs.MetricsLog(cfg.out, rank))
     run.monitor = health.CollapseMonitor(health.window_records(cfg.collapse_window, cfg.log_every))
     if cfg.rollback and cfg.method in config_mod.ADVERSARIAL:
-        run.rollback = guard.Rollback(cfg.rollback, method, average, rank, world)
+        run.rollback = guard.Rollback(cfg.rollback, method, average, rank, world,
+                                      monitor=run.monitor if cfg.rollback_collapse else None)
     if cfg.resume:
         restore(run, runs.read_checkpoint(run.checkpoint_path, cfg))
     else:

@@ -16,10 +16,11 @@ FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch
                       "weight_decay", "gamma", "lambda_max", "lr_anneal", "seed", "alpha", "beta", "num_k",
                       "im_weight", "refresh_every", "world_size", "normalize", "shift", "ema"}
 
-# Options added since that change existing methods, each with the default that reproduces the
-# runs from before it (a saved config without the key reads as that default: saved_value).
+# Options added since that change existing methods, each with the value that reproduces the
+# runs from before it (a saved config without the key reads as that value: saved_value).
 ADDED_RUN_DEFINING = {"input_norm": "none", "optimizer": "sgd", "passes": "joint", "disc_hidden": "", "sync_bn": False,
-                      "target_labeled": 0, "source_domains": 1, "invert": 0.0, "rollback": 0.0, "rollback_every": 250}
+                      "target_labeled": 0, "source_domains": 1, "invert": 0.0, "rollback": 0.0, "rollback_every": 250,
+                      "rollback_collapse": False}  # the guard read the source accuracy alone before
 # Options of settings added since (images with a backbone): no older run can have used them.
 SETTINGS_OPTIONS = {"backbone", "weights", "image_size"}
 # Options of methods added since (CDAN, MCC, VADA, DIRT-T): no older run can have used them.

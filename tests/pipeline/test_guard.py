@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from grl_cuda.pipeline import guard
+from grl_cuda.pipeline import guard, health
 from grl_cuda.pipeline.config import Config, UserError, check
 from grl_cuda.pipeline.evaluate import WeightAverage
 from grl_cuda.pipeline.loop import fit as train
@@ -113,6 +113,84 @@ def test_the_restored_state_is_a_copy():
     assert rollback.good["method"]["networks"]["net"]["weight"].abs().max() == 1.0
 
 
+class Monitor:
+    """A collapse monitor whose flags and window mean the test sets by hand."""
+
+    def __init__(self):
+        self.active, self.marginal = [], 0.9
+
+    def mean(self, key):
+        assert key == "target_marginal_entropy"
+        return self.marginal
+
+
+def guarded(monitor):
+    method, tensors = Linear(), split()
+    method.set_accuracy_to(right=True)
+    return method, tensors, guard.Rollback(0.05, method, None, monitor=monitor)
+
+
+def test_a_target_collapse_rolls_back_whatever_the_source_accuracy():
+    # VADA on UCI digits -> MNIST: every target image in one class, the source accuracy intact
+    monitor = Monitor()
+    method, tensors, rollback = guarded(monitor)
+    rollback.check(10, tensors)
+    good = method.net.weight.clone()
+    with torch.no_grad():
+        method.net.weight.mul_(2.0)  # still all right on the source split
+    monitor.active, monitor.marginal = ["target-collapse"], 0.05
+    record = rollback.check(20, tensors)
+    assert record["source_val_acc"] == 1.0 and record["collapse"] == "target-collapse"
+    assert record["rollback_to"] == 10 and torch.equal(method.net.weight, good)
+    assert rollback.rollbacks[0]["reason"] == "target-collapse" and method.lambda_scale == 0.5
+    assert rollback.best_step == 10  # the collapsed state was not kept as good
+    # predictions all near uniform fail a check too
+    monitor.active = ["uniform"]
+    assert rollback.check(30, tensors)["collapse"] == "uniform" and method.lambda_scale == 0.25
+
+
+def test_a_target_with_few_classes_is_not_a_collapse():
+    # the flag up from the start (a target whose classes really are few): no fall, so no rollback
+    monitor = Monitor()
+    monitor.active, monitor.marginal = ["target-collapse"], 0.3
+    method, tensors, rollback = guarded(monitor)
+    rollback.check(10, tensors)
+    monitor.marginal = 0.2  # within COLLAPSE_DROP of the good state's 0.3
+    record = rollback.check(20, tensors)
+    assert record["collapse"] is None and "rollback_to" not in record and rollback.best_step == 20
+    monitor.marginal = 0.2 - guard.COLLAPSE_DROP - 0.01  # a fall past it
+    assert rollback.check(30, tensors)["rollback_to"] == 20
+
+
+def test_without_the_monitor_only_the_source_accuracy_counts():
+    # --no-rollback-collapse: the guard is built without the monitor
+    method, tensors, rollback = guarded(None)
+    rollback.check(10, tensors)
+    record = rollback.check(20, tensors)
+    assert "collapse" not in record and "rollback_to" not in record and rollback.summary()["watches_collapse"] is False
+
+
+def test_the_good_states_marginal_entropy_is_in_the_checkpoint():
+    monitor = Monitor()
+    method, tensors, rollback = guarded(monitor)
+    rollback.check(10, tensors)
+    resumed = guard.Rollback(0.05, method, None, monitor=monitor)
+    resumed.load_state_dict(rollback.state_dict())
+    assert resumed.good_marginal == 0.9
+    old = {k: v for k, v in rollback.state_dict().items() if k != "good_marginal"}  # a checkpoint from before
+    resumed.load_state_dict(old)
+    assert resumed.good_marginal != resumed.good_marginal  # nan: no collapse can fail a check until a new good state
+
+
+def test_runs_saved_before_the_collapse_check_are_not_reused_when_it_matters():
+    from grl_cuda.pipeline.config import same_run
+    saved = {k: v for k, v in vars(Config(rollback=0.05)).items() if k != "rollback_collapse"}
+    assert not same_run(saved, Config(rollback=0.05))  # they ran without it
+    assert same_run(saved, Config(rollback=0.05, rollback_collapse=False))
+    saved_unguarded = {k: v for k, v in vars(Config()).items() if k != "rollback_collapse"}
+    assert same_run(saved_unguarded, Config())  # no --rollback: the option is read by neither
+
+
 def test_bad_values_are_refused():
     with pytest.raises(UserError, match="--rollback must be in"):
         check(Config(rollback=1.5))
@@ -164,6 +242,33 @@ def test_runs_log_the_checks_and_resume_bit_exact(tmp_path, data_dir, assert_sam
     train(cfg_for(tmp_path, data_dir, out=str(tmp_path / "kept"), ema=0.9), progress=False)
     with pytest.raises(AssertionError):
         assert_same_outputs(str(tmp_path / "straight"), str(tmp_path / "kept"))
+
+
+def script_target_marginals(monkeypatch, marginals):
+    """The collapse monitor is fed ``marginals`` (one per logged record, in order) as the target
+    predictions' marginal entropy."""
+    fed = iter(marginals)
+    monkeypatch.setattr(health, "target_prediction_stats",
+                        lambda method, x: {"target_entropy": 0.1, "target_marginal_entropy": next(fed)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("watch", [True, False])
+def test_a_run_rolls_back_when_its_target_predictions_collapse(tmp_path, data_dir, monkeypatch, watch):
+    # the source accuracy stays put (scripted), the target marginal entropy falls from 0.9 to 0.05 after
+    # step 20; with a window of two records the flag is up from step 40, each check then rolls back
+    script_scores(monkeypatch, {step: 0.5 for step in range(10, 70, 10)})
+    script_target_marginals(monkeypatch, [0.9, 0.9] + [0.05] * 4)
+    summary = train(cfg_for(tmp_path, data_dir, steps=60, collapse_window=20, rollback_collapse=watch),
+                    progress=False)
+    assert "target-collapse" in summary["collapse"]["flags"]
+    events = [(e["step"], e["best_step"], e["reason"], e["final"]) for e in summary["rollback"]["rollbacks"]]
+    if watch:
+        assert events == [(40, 30, "target-collapse", False), (50, 30, "target-collapse", False),
+                          (60, 30, "target-collapse", True)]
+        assert summary["rollback"]["lambda_scale"] == 0.25
+    else:
+        assert events == [] and summary["rollback"]["best_step"] == 60
 
 
 @pytest.mark.slow
