@@ -113,7 +113,7 @@ class Config:
     rollback_collapse: bool = option(True, "adversarial methods with --rollback: a check fails on the source "
                                      "accuracy alone, not also on a collapse of the target predictions (the collapse "
                                      "monitor's uniform flag, or its target-collapse flag with the target marginal "
-                                     "entropy fallen since the last good state: pipeline/guard.py)", "method",
+                                     "entropy fallen from its peak: pipeline/guard.py)", "method",
                                      flag="--no-rollback-collapse", action="store_false", defines_run=True,
                                      read_by=ADVERSARIAL, only_with="rollback", before=False)
     disc_hidden: str = option("", "DANN: the domain classifier's hidden widths, e.g. 1024,1024 (default: the "

@@ -30,9 +30,12 @@ default, ``--no-rollback-collapse`` turns it off): a check fails, whatever the
 source accuracy, when the monitor's ``uniform`` flag is up (every target prediction
 near uniform), or its ``target-collapse`` flag is up *and* the target predictions'
 marginal entropy (the window's mean, in units of log K) has fallen more than
-COLLAPSE_DROP below its value at the last good state. The second condition keeps
-a target whose classes really are few (low marginal entropy from the start) from
-reading as a collapse. A state is kept as good only when the check does not fail.
+COLLAPSE_DROP below its peak, the highest it was at a kept state. The second
+condition keeps a target whose classes really are few (low marginal entropy from
+the start) from reading as a collapse. A state is kept as good only when its
+check does not fail and its marginal entropy has not fallen that far: a collapse
+comes gradually (VADA's marginal entropy read 0.58, 0.42, 0.23 at steps 250, 500,
+750 before the flag went up), and the state to return to is one from before it.
 
 At the end the same test decides whether the run reports its last weights or the
 last good ones. The guard watches the steps ``method.guarded_steps()`` says: the whole
@@ -53,8 +56,8 @@ from .evaluate import source_test_accuracy
 # Each rollback multiplies the reversal's lambda by this.
 LAMBDA_FACTOR = 0.5
 # A target-collapse flag fails a check when the marginal entropy of the target predictions (in units
-# of log K) is this much below its value at the last good state: one class of ten is a fall of ~0.9
-# from a balanced start; a target with few classes starts low and does not fall.
+# of log K) is this much below its peak at a kept state: one class of ten is a fall of ~0.9 from a
+# balanced start; a target with few classes starts low and does not fall.
 COLLAPSE_DROP = 0.25
 
 
@@ -68,7 +71,7 @@ class Rollback:
         self.best_acc = -1.0
         self.best_step = None
         self.good = None  # {"method": state, "average": state} at best_step, deep copies
-        self.good_marginal = math.nan  # the target marginal entropy at best_step (the monitor's window mean)
+        self.peak_marginal = math.nan  # the highest target marginal entropy at a kept state (window means)
         # [{"step", "reason", "source_val_acc", "best_acc", "best_step", "lambda_scale", "final"}]
         self.rollbacks = []
         method.lambda_scale = 1.0
@@ -113,9 +116,14 @@ class Rollback:
         uniform, low, marginal = self.target_signs()
         if uniform:
             return "uniform", marginal
-        if low and self.good_marginal - marginal > COLLAPSE_DROP:  # False while good_marginal is nan
+        if low and self.fallen(marginal):
             return "target-collapse", marginal
         return None, marginal
+
+    def fallen(self, marginal):
+        """Whether the target marginal entropy is more than COLLAPSE_DROP below its peak (False while
+        either is nan: no monitor records yet)."""
+        return self.peak_marginal - marginal > COLLAPSE_DROP
 
     def check(self, step, tensors, final=False):
         """Measures, then keeps or restores (module doc). Returns the metrics record."""
@@ -127,8 +135,10 @@ class Rollback:
             record.update(current_source_val_acc=current, averaged_source_val_acc=averaged)
         if self.monitor is not None:
             record.update(target_marginal_entropy=None if math.isnan(marginal) else marginal, collapse=collapse)
-        if collapse is None and acc >= self.best_acc:
-            self.best_acc, self.best_step, self.good_marginal = acc, step, marginal
+        if collapse is None and acc >= self.best_acc and not self.fallen(marginal):
+            self.best_acc, self.best_step = acc, step
+            if not math.isnan(marginal):
+                self.peak_marginal = marginal if math.isnan(self.peak_marginal) else max(self.peak_marginal, marginal)
             self.good = {"method": copy.deepcopy(self.method.state_dict()),
                          "average": copy.deepcopy(self.average.state_dict()) if self.average else None}
         elif (collapse or self.best_acc - acc > self.drop) and self.good is not None:
@@ -155,10 +165,10 @@ class Rollback:
 
     def state_dict(self):
         return {"best_acc": self.best_acc, "best_step": self.best_step, "good": self.good,
-                "good_marginal": self.good_marginal, "lambda_scale": self.lambda_scale,
+                "peak_marginal": self.peak_marginal, "lambda_scale": self.lambda_scale,
                 "rollbacks": list(self.rollbacks)}
 
     def load_state_dict(self, state):
         self.best_acc, self.best_step, self.good = state["best_acc"], state["best_step"], state["good"]
-        self.good_marginal = state.get("good_marginal", math.nan)  # checkpoints from before the collapse check
+        self.peak_marginal = state.get("peak_marginal", math.nan)  # checkpoints from before the collapse check
         self.method.lambda_scale, self.rollbacks = state["lambda_scale"], list(state["rollbacks"])

@@ -149,13 +149,27 @@ def test_a_target_collapse_rolls_back_whatever_the_source_accuracy():
     assert rollback.check(30, tensors)["collapse"] == "uniform" and method.lambda_scale == 0.25
 
 
+def test_a_gradual_collapse_returns_to_a_state_from_before_it():
+    # the marginal entropy falls over several checks before the flag goes up (VADA: 0.58, 0.42, 0.23):
+    # a state more than COLLAPSE_DROP below the peak is not kept, so the rollback goes back past it
+    monitor = Monitor()
+    method, tensors, rollback = guarded(monitor)
+    for step, marginal in ((10, 0.9), (20, 0.7), (30, 0.6)):
+        monitor.marginal = marginal
+        record = rollback.check(step, tensors)
+        assert record["collapse"] is None and "rollback_to" not in record
+    assert rollback.best_step == 20 and rollback.peak_marginal == 0.9  # step 30 had fallen: not kept
+    monitor.active, monitor.marginal = ["target-collapse"], 0.1
+    assert rollback.check(40, tensors)["rollback_to"] == 20
+
+
 def test_a_target_with_few_classes_is_not_a_collapse():
     # the flag up from the start (a target whose classes really are few): no fall, so no rollback
     monitor = Monitor()
     monitor.active, monitor.marginal = ["target-collapse"], 0.3
     method, tensors, rollback = guarded(monitor)
     rollback.check(10, tensors)
-    monitor.marginal = 0.2  # within COLLAPSE_DROP of the good state's 0.3
+    monitor.marginal = 0.2  # within COLLAPSE_DROP of the peak, 0.3
     record = rollback.check(20, tensors)
     assert record["collapse"] is None and "rollback_to" not in record and rollback.best_step == 20
     monitor.marginal = 0.2 - guard.COLLAPSE_DROP - 0.01  # a fall past it
@@ -170,16 +184,16 @@ def test_without_the_monitor_only_the_source_accuracy_counts():
     assert "collapse" not in record and "rollback_to" not in record and rollback.summary()["watches_collapse"] is False
 
 
-def test_the_good_states_marginal_entropy_is_in_the_checkpoint():
+def test_the_peak_marginal_entropy_is_in_the_checkpoint():
     monitor = Monitor()
     method, tensors, rollback = guarded(monitor)
     rollback.check(10, tensors)
     resumed = guard.Rollback(0.05, method, None, monitor=monitor)
     resumed.load_state_dict(rollback.state_dict())
-    assert resumed.good_marginal == 0.9
-    old = {k: v for k, v in rollback.state_dict().items() if k != "good_marginal"}  # a checkpoint from before
+    assert resumed.peak_marginal == 0.9
+    old = {k: v for k, v in rollback.state_dict().items() if k != "peak_marginal"}  # a checkpoint from before
     resumed.load_state_dict(old)
-    assert resumed.good_marginal != resumed.good_marginal  # nan: no collapse can fail a check until a new good state
+    assert resumed.peak_marginal != resumed.peak_marginal  # nan: no fall can be seen until a new state is kept
 
 
 def test_runs_saved_before_the_collapse_check_are_not_reused_when_it_matters():
@@ -264,8 +278,9 @@ def test_a_run_rolls_back_when_its_target_predictions_collapse(tmp_path, data_di
     assert "target-collapse" in summary["collapse"]["flags"]
     events = [(e["step"], e["best_step"], e["reason"], e["final"]) for e in summary["rollback"]["rollbacks"]]
     if watch:
-        assert events == [(40, 30, "target-collapse", False), (50, 30, "target-collapse", False),
-                          (60, 30, "target-collapse", True)]
+        # step 30's window (0.9, 0.05) has fallen from the peak: not kept, so the rollbacks go to step 20
+        assert events == [(40, 20, "target-collapse", False), (50, 20, "target-collapse", False),
+                          (60, 20, "target-collapse", True)]
         assert summary["rollback"]["lambda_scale"] == 0.25
     else:
         assert events == [] and summary["rollback"]["best_step"] == 60
