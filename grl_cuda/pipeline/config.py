@@ -35,7 +35,7 @@ class UserError(Exception):
 
 
 def option(default, help, group, *, defines_run=False, read_by=None, flag=None, type=None, choices=None,
-           action=None, settled=False, only_with=None, before=None):
+           action=None, settled=False, only_with=None, before=dataclasses.MISSING):
     """A Config field. ``group``: the --help section (None: not on the command line).
     ``flag``: the flag if not --field-name (e.g. --no-plots for a store_false switch).
     ``read_by``: the methods that read it (None: all). ``settled``: the loop fills it
@@ -45,7 +45,7 @@ def option(default, help, group, *, defines_run=False, read_by=None, flag=None, 
     when that is not its default."""
     meta = {"help": help, "group": group, "defines_run": defines_run, "read_by": read_by, "flag": flag,
             "type": type, "choices": choices, "action": action, "settled": settled, "only_with": only_with,
-            "before": default if before is None else before}
+            "before": default if before is dataclasses.MISSING else before}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -232,8 +232,9 @@ def describe(diff):
 
 
 def from_saved(saved, **overrides):
-    """A Config from a saved dict (summary.json's), unknown keys ignored, missing ones defaulted."""
-    return Config(**{**{k: v for k, v in saved.items() if k in FIELDS}, **overrides})
+    """A Config from a saved dict (summary.json's), unknown keys ignored, missing ones as the run
+    behaved before the option existed (saved_value)."""
+    return Config(**{**{k: saved_value(saved, k) for k in FIELDS}, **overrides})
 
 
 def disc_hidden(cfg):

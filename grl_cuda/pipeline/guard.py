@@ -36,6 +36,8 @@ the start) from reading as a collapse. A state is kept as good only when its
 check does not fail and its marginal entropy has not fallen that far: a collapse
 comes gradually (VADA's marginal entropy read 0.58, 0.42, 0.23 at steps 250, 500,
 750 before the flag went up), and the state to return to is one from before it.
+After a rollback the monitor's records of the weights the run left are not read:
+its flags count again once a whole window has been logged since.
 
 At the end the same test decides whether the run reports its last weights or the
 last good ones. The guard watches the steps ``method.guarded_steps()`` says: the whole
@@ -72,6 +74,7 @@ class Rollback:
         self.best_step = None
         self.good = None  # {"method": state, "average": state} at best_step, deep copies
         self.peak_marginal = math.nan  # the highest target marginal entropy at a kept state (window means)
+        self.restored_at = -1  # the step of the last rollback: the monitor's records up to it are other weights'
         # [{"step", "reason", "source_val_acc", "best_acc", "best_step", "lambda_scale", "final"}]
         self.rollbacks = []
         method.lambda_scale = 1.0
@@ -96,13 +99,17 @@ class Rollback:
         return accs.tolist()
 
     def target_signs(self):
-        """Rank 0's monitor, on every rank: (uniform flag up, target-collapse flag up, the window's mean
-        target marginal entropy)."""
-        signs = torch.zeros(3, dtype=torch.float64)
+        """Rank 0's monitor, on every rank: (uniform flag up, target-collapse flag up, the mean target
+        marginal entropy), read from the records of its window logged after the last rollback: those
+        before it describe the weights the run left. A flag counts only over a whole window of them."""
+        signs = torch.full((3,), math.nan, dtype=torch.float64)
         if self.rank == 0:
-            active = self.monitor.active
+            fresh = [r["target_marginal_entropy"] for r in self.monitor.recent
+                     if r["step"] > self.restored_at and "target_marginal_entropy" in r]
+            active = self.monitor.active if len(fresh) == self.monitor.window else []
             signs[0], signs[1] = float("uniform" in active), float("target-collapse" in active)
-            signs[2] = self.monitor.mean("target_marginal_entropy")
+            if fresh:
+                signs[2] = sum(fresh) / len(fresh)
         if self.world > 1:
             dist.broadcast(signs, 0)
         uniform, low, marginal = signs.tolist()
@@ -143,6 +150,7 @@ class Rollback:
                          "average": copy.deepcopy(self.average.state_dict()) if self.average else None}
         elif (collapse or self.best_acc - acc > self.drop) and self.good is not None:
             self._restore()
+            self.restored_at = step
             if not final:  # the run goes on from the good state, more gently
                 self.method.lambda_scale *= LAMBDA_FACTOR
             event = {"step": step, "reason": collapse or "source accuracy", "source_val_acc": acc,
@@ -165,10 +173,12 @@ class Rollback:
 
     def state_dict(self):
         return {"best_acc": self.best_acc, "best_step": self.best_step, "good": self.good,
-                "peak_marginal": self.peak_marginal, "lambda_scale": self.lambda_scale,
+                "peak_marginal": self.peak_marginal, "restored_at": self.restored_at,
+                "lambda_scale": self.lambda_scale,
                 "rollbacks": list(self.rollbacks)}
 
     def load_state_dict(self, state):
         self.best_acc, self.best_step, self.good = state["best_acc"], state["best_step"], state["good"]
-        self.peak_marginal = state.get("peak_marginal", math.nan)  # checkpoints from before the collapse check
+        # checkpoints from before the collapse check have neither
+        self.peak_marginal, self.restored_at = state.get("peak_marginal", math.nan), state.get("restored_at", -1)
         self.method.lambda_scale, self.rollbacks = state["lambda_scale"], list(state["rollbacks"])

@@ -97,11 +97,6 @@ class CollapseMonitor:
         self.active = active
         return active
 
-    def mean(self, key):
-        """The mean of ``key`` over the window's records that have it (nan if none)."""
-        values = [r[key] for r in self.recent if key in r]
-        return sum(values) / len(values) if values else math.nan
-
     def _all(self, key, test):
         return all(key in r for r in self.recent) and all(test(r[key]) for r in self.recent)
 

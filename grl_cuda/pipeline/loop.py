@@ -168,8 +168,9 @@ def check_guard(run, bar, final=False):
         run.log.write(record)
         if bar is not None and "rollback_to" in record:
             then = "" if final else f", lambda x{record['lambda_scale']:g} from now on"
+            marginal = record.get("target_marginal_entropy")
             why = (f"the target predictions collapsed ({record['collapse']}; their marginal entropy "
-                   f"{record['target_marginal_entropy']:.2f} of log K)" if record.get("collapse") else
+                   f"{'n/a' if marginal is None else f'{marginal:.2f}'} of log K)" if record.get("collapse") else
                    f"source validation accuracy {record['source_val_acc']:.4f} against {run.rollback.best_acc:.4f}")
             bar.write(f"step {run.step}: {why}: rolled back to step {record['rollback_to']}{then}")
 

@@ -1,6 +1,7 @@
 """--rollback (pipeline/guard.py): a run whose held-out source accuracy drops returns to
 its last good weights and halves the reversal's lambda; resume keeps the guard's state."""
 
+import itertools
 import json
 
 import pytest
@@ -114,14 +115,16 @@ def test_the_restored_state_is_a_copy():
 
 
 class Monitor:
-    """A collapse monitor whose flags and window mean the test sets by hand."""
+    """A collapse monitor with a window of one record, which the test writes by hand."""
+
+    window = 1
 
     def __init__(self):
-        self.active, self.marginal = [], 0.9
+        self.recent, self.active = [], []
 
-    def mean(self, key):
-        assert key == "target_marginal_entropy"
-        return self.marginal
+    def show(self, step, marginal, flags=()):
+        """The record logged at ``step`` (target marginal entropy ``marginal``) raised ``flags``."""
+        self.recent, self.active = [{"step": step, "target_marginal_entropy": marginal}], list(flags)
 
 
 def guarded(monitor):
@@ -134,18 +137,19 @@ def test_a_target_collapse_rolls_back_whatever_the_source_accuracy():
     # VADA on UCI digits -> MNIST: every target image in one class, the source accuracy intact
     monitor = Monitor()
     method, tensors, rollback = guarded(monitor)
+    monitor.show(10, 0.9)
     rollback.check(10, tensors)
     good = method.net.weight.clone()
     with torch.no_grad():
         method.net.weight.mul_(2.0)  # still all right on the source split
-    monitor.active, monitor.marginal = ["target-collapse"], 0.05
+    monitor.show(20, 0.05, ["target-collapse"])
     record = rollback.check(20, tensors)
     assert record["source_val_acc"] == 1.0 and record["collapse"] == "target-collapse"
     assert record["rollback_to"] == 10 and torch.equal(method.net.weight, good)
     assert rollback.rollbacks[0]["reason"] == "target-collapse" and method.lambda_scale == 0.5
     assert rollback.best_step == 10  # the collapsed state was not kept as good
     # predictions all near uniform fail a check too
-    monitor.active = ["uniform"]
+    monitor.show(30, 0.9, ["uniform"])
     assert rollback.check(30, tensors)["collapse"] == "uniform" and method.lambda_scale == 0.25
 
 
@@ -155,45 +159,65 @@ def test_a_gradual_collapse_returns_to_a_state_from_before_it():
     monitor = Monitor()
     method, tensors, rollback = guarded(monitor)
     for step, marginal in ((10, 0.9), (20, 0.7), (30, 0.6)):
-        monitor.marginal = marginal
+        monitor.show(step, marginal)
         record = rollback.check(step, tensors)
         assert record["collapse"] is None and "rollback_to" not in record
     assert rollback.best_step == 20 and rollback.peak_marginal == 0.9  # step 30 had fallen: not kept
-    monitor.active, monitor.marginal = ["target-collapse"], 0.1
+    monitor.show(40, 0.1, ["target-collapse"])
     assert rollback.check(40, tensors)["rollback_to"] == 20
 
 
 def test_a_target_with_few_classes_is_not_a_collapse():
     # the flag up from the start (a target whose classes really are few): no fall, so no rollback
     monitor = Monitor()
-    monitor.active, monitor.marginal = ["target-collapse"], 0.3
     method, tensors, rollback = guarded(monitor)
-    rollback.check(10, tensors)
-    monitor.marginal = 0.2  # within COLLAPSE_DROP of the peak, 0.3
-    record = rollback.check(20, tensors)
-    assert record["collapse"] is None and "rollback_to" not in record and rollback.best_step == 20
-    monitor.marginal = 0.2 - guard.COLLAPSE_DROP - 0.01  # a fall past it
+    for step, marginal in ((10, 0.45), (20, 0.3)):  # within COLLAPSE_DROP of the peak, 0.45
+        monitor.show(step, marginal, ["target-collapse"])
+        record = rollback.check(step, tensors)
+        assert record["collapse"] is None and "rollback_to" not in record and rollback.best_step == step
+    monitor.show(30, 0.45 - guard.COLLAPSE_DROP - 0.01, ["target-collapse"])  # a fall past it
     assert rollback.check(30, tensors)["rollback_to"] == 20
 
 
+def test_records_from_before_a_rollback_do_not_fail_the_next_checks():
+    # until the monitor has logged a whole window after a rollback, its flags describe the weights the
+    # run left: a check before then (--rollback-every below --log-every, or the final check) ignores them
+    monitor = Monitor()
+    method, tensors, rollback = guarded(monitor)
+    monitor.show(10, 0.9)
+    rollback.check(10, tensors)
+    monitor.show(20, 0.05, ["target-collapse"])
+    assert rollback.check(20, tensors)["rollback_to"] == 10
+    for step, final in ((25, False), (30, True)):  # no record logged since the rollback at 20
+        record = rollback.check(step, tensors, final=final)
+        assert record["collapse"] is None and record["target_marginal_entropy"] is None
+        assert "rollback_to" not in record
+    assert method.lambda_scale == 0.5 and len(rollback.rollbacks) == 1
+    monitor.show(40, 0.05, ["target-collapse"])  # logged after it: counts again
+    assert rollback.check(40, tensors)["collapse"] == "target-collapse"
+
+
 def test_without_the_monitor_only_the_source_accuracy_counts():
-    # --no-rollback-collapse: the guard is built without the monitor
+    # --no-rollback-collapse: the guard is built without the monitor, so a collapse does not fail a check
     method, tensors, rollback = guarded(None)
     rollback.check(10, tensors)
     record = rollback.check(20, tensors)
     assert "collapse" not in record and "rollback_to" not in record and rollback.summary()["watches_collapse"] is False
 
 
-def test_the_peak_marginal_entropy_is_in_the_checkpoint():
+def test_the_collapse_state_is_in_the_checkpoint():
     monitor = Monitor()
     method, tensors, rollback = guarded(monitor)
+    monitor.show(10, 0.9)
     rollback.check(10, tensors)
+    monitor.show(20, 0.05, ["target-collapse"])
+    rollback.check(20, tensors)
     resumed = guard.Rollback(0.05, method, None, monitor=monitor)
     resumed.load_state_dict(rollback.state_dict())
-    assert resumed.peak_marginal == 0.9
-    old = {k: v for k, v in rollback.state_dict().items() if k != "peak_marginal"}  # a checkpoint from before
-    resumed.load_state_dict(old)
-    assert resumed.peak_marginal != resumed.peak_marginal  # nan: no fall can be seen until a new state is kept
+    assert resumed.peak_marginal == 0.9 and resumed.restored_at == 20
+    old = {k: v for k, v in rollback.state_dict().items() if k not in ("peak_marginal", "restored_at")}
+    resumed.load_state_dict(old)  # a checkpoint from before the collapse check
+    assert resumed.peak_marginal != resumed.peak_marginal and resumed.restored_at == -1  # nan: no fall seen yet
 
 
 def test_runs_saved_before_the_collapse_check_are_not_reused_when_it_matters():
@@ -259,31 +283,54 @@ def test_runs_log_the_checks_and_resume_bit_exact(tmp_path, data_dir, assert_sam
 
 
 def script_target_marginals(monkeypatch, marginals):
-    """The collapse monitor is fed ``marginals`` (one per logged record, in order) as the target
-    predictions' marginal entropy."""
-    fed = iter(marginals)
+    """The collapse monitor is fed ``marginals`` (one per logged record, in order, over and over: a run
+    and then an interrupted run with its resume read the same values) as the target predictions'
+    marginal entropy."""
+    fed = itertools.cycle(marginals)
     monkeypatch.setattr(health, "target_prediction_stats",
                         lambda method, x: {"target_entropy": 0.1, "target_marginal_entropy": next(fed)})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("watch", [True, False])
-def test_a_run_rolls_back_when_its_target_predictions_collapse(tmp_path, data_dir, monkeypatch, watch):
+def test_a_run_rolls_back_when_its_target_predictions_collapse(tmp_path, data_dir, monkeypatch, watch,
+                                                              assert_same_outputs):
     # the source accuracy stays put (scripted), the target marginal entropy falls from 0.9 to 0.05 after
-    # step 20; with a window of two records the flag is up from step 40, each check then rolls back
+    # step 20; with a window of two records the flag is up from step 40
     script_scores(monkeypatch, {step: 0.5 for step in range(10, 70, 10)})
     script_target_marginals(monkeypatch, [0.9, 0.9] + [0.05] * 4)
-    summary = train(cfg_for(tmp_path, data_dir, steps=60, collapse_window=20, rollback_collapse=watch),
-                    progress=False)
+    cfg = dict(steps=60, collapse_window=20, rollback_collapse=watch, ema=0.9)
+    summary = train(cfg_for(tmp_path, data_dir, **cfg), progress=False)
     assert "target-collapse" in summary["collapse"]["flags"]
     events = [(e["step"], e["best_step"], e["reason"], e["final"]) for e in summary["rollback"]["rollbacks"]]
-    if watch:
-        # step 30's window (0.9, 0.05) has fallen from the peak: not kept, so the rollbacks go to step 20
-        assert events == [(40, 20, "target-collapse", False), (50, 20, "target-collapse", False),
-                          (60, 20, "target-collapse", True)]
-        assert summary["rollback"]["lambda_scale"] == 0.25
-    else:
+    if not watch:
         assert events == [] and summary["rollback"]["best_step"] == 60
+        return
+    # step 30's window (0.9, 0.05) has fallen from the peak: not kept, so the rollback goes to step 20;
+    # at step 50 one record has been logged since it (too few to count), at 60 a whole window
+    assert events == [(40, 20, "target-collapse", False), (60, 20, "target-collapse", True)]
+    assert summary["rollback"]["lambda_scale"] == 0.5
+    # interrupted after the rollback and resumed: the same run, bit for bit
+    assert train(cfg_for(tmp_path, data_dir, out=str(tmp_path / "broken"), stop_after=45, **cfg),
+                 progress=False)["interrupted"]
+    train(cfg_for(tmp_path, data_dir, out=str(tmp_path / "broken"), resume=True, **cfg), progress=False)
+    assert_same_outputs(str(tmp_path / "run"), str(tmp_path / "broken"))
+
+
+@pytest.mark.slow
+def test_a_guarded_run_saved_before_the_collapse_check_reloads_as_it_ran(tmp_path, data_dir):
+    # its summary.json and checkpoint lack rollback_collapse: both read as False (the guard of then)
+    from grl_cuda.pipeline import runs
+    train(cfg_for(tmp_path, data_dir, steps=20), progress=False)
+    out = tmp_path / "run"
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["config"]["rollback_collapse"]
+    (out / "summary.json").write_text(json.dumps(summary))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    del ckpt["config"]["rollback_collapse"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    cfg, _, _ = runs.load_run(str(out), data_dir)
+    assert cfg.rollback and cfg.rollback_collapse is False
 
 
 @pytest.mark.slow
