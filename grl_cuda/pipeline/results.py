@@ -30,8 +30,8 @@ from .runs import CHECKPOINT, finished_config
 
 PAPER_ORDER = ["source-only", "sa", "dann", "dann-dsbn", "mcd", "cgdm", "recommended", "target-only"]
 # Options every run of the grid gets from the command line (as grl_cuda.train has them).
-PASSED_ON = ("lr", "lambda_max", "normalize", "shift", "ema", "input_norm", "arch", "optimizer", "rollback", "invert",
-             "mcc_weight")
+PASSED_ON = ("lr", "lambda_max", "normalize", "shift", "ema", "input_norm", "arch", "optimizer", "rollback",
+             "rollback_collapse", "invert", "mcc_weight")
 # How the runs execute, not what they compute (not run-defining: a finished run is reused under any of them).
 SPEED_OPTIONS = ("data_dir", "device", "threads", "compile", "channels_last")
 # Published target accuracies (Ganin & Lempitsky, arXiv v1 Table 1) for the shifts we rebuild.
