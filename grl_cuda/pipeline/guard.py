@@ -37,7 +37,10 @@ check does not fail and its marginal entropy has not fallen that far: a collapse
 comes gradually (VADA's marginal entropy read 0.58, 0.42, 0.23 at steps 250, 500,
 750 before the flag went up), and the state to return to is one from before it.
 After a rollback the monitor's records of the weights the run left are not read:
-its flags count again once a whole window has been logged since.
+its flags count again once a whole window has been logged since (at the final check,
+after a rollback for a collapse, on the records there are: the run had collapsed again
+after each rollback on VADA's UCI digits -> MNIST, and the last one came half a window
+before the end).
 
 At the end the same test decides whether the run reports its last weights or the
 last good ones. The guard watches the steps ``method.guarded_steps()`` says: the whole
@@ -53,6 +56,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from . import health
 from .evaluate import source_test_accuracy
 
 # Each rollback multiplies the reversal's lambda by this.
@@ -98,29 +102,32 @@ class Rollback:
             dist.broadcast(accs, 0)
         return accs.tolist()
 
-    def target_signs(self):
-        """Rank 0's monitor, on every rank: (uniform flag up, target-collapse flag up, the mean target
-        marginal entropy), read from the records of its window logged after the last rollback: those
-        before it describe the weights the run left. A flag counts only over a whole window of them."""
+    def target_signs(self, final):
+        """Rank 0's monitor, on every rank: (uniform, target-collapse, the mean target marginal entropy),
+        read from the records of its window logged after the last rollback (those before it describe the
+        weights the run left). A flag, with the monitor's thresholds, must hold on all of them, and they
+        must fill the window; except at the final check, the last chance to act, of a run whose last
+        rollback was for a collapse: having collapsed again after each rollback, it is believed on fewer."""
         signs = torch.full((3,), math.nan, dtype=torch.float64)
         if self.rank == 0:
-            fresh = [r["target_marginal_entropy"] for r in self.monitor.recent
-                     if r["step"] > self.restored_at and "target_marginal_entropy" in r]
-            active = self.monitor.active if len(fresh) == self.monitor.window else []
-            signs[0], signs[1] = float("uniform" in active), float("target-collapse" in active)
+            fresh = [r for r in self.monitor.recent if r["step"] > self.restored_at and "target_entropy" in r]
+            relapse = final and bool(self.rollbacks) and self.rollbacks[-1]["reason"] != "source accuracy"
+            enough = len(fresh) == self.monitor.window or (relapse and len(fresh) > 0)
+            signs[0] = float(enough and all(r["target_entropy"] >= health.UNIFORM_HIGH for r in fresh))
+            signs[1] = float(enough and all(r["target_marginal_entropy"] <= health.MARGINAL_LOW for r in fresh))
             if fresh:
-                signs[2] = sum(fresh) / len(fresh)
+                signs[2] = sum(r["target_marginal_entropy"] for r in fresh) / len(fresh)
         if self.world > 1:
             dist.broadcast(signs, 0)
         uniform, low, marginal = signs.tolist()
         return bool(uniform), bool(low), marginal
 
-    def collapse(self):
+    def collapse(self, final):
         """(the collapse that fails this check: "uniform", "target-collapse" or None (module doc), the
         target marginal entropy it read)."""
         if self.monitor is None:
             return None, math.nan
-        uniform, low, marginal = self.target_signs()
+        uniform, low, marginal = self.target_signs(final)
         if uniform:
             return "uniform", marginal
         if low and self.fallen(marginal):
@@ -136,7 +143,7 @@ class Rollback:
         """Measures, then keeps or restores (module doc). Returns the metrics record."""
         current, averaged = self.source_val_accs(tensors)
         acc = min(current, averaged)
-        collapse, marginal = self.collapse()
+        collapse, marginal = self.collapse(final)
         record = {"kind": "guard", "step": step, "source_val_acc": acc, "lambda_scale": self.lambda_scale}
         if self.average:
             record.update(current_source_val_acc=current, averaged_source_val_acc=averaged)
