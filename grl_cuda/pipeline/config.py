@@ -215,8 +215,8 @@ def run_differences(saved, cfg, *, before_fit=False):
         unread = meta["read_by"] is not None and cfg.method not in meta["read_by"]
         if before_fit and (meta["settled"] or unread):
             continue
-        if meta["only_with"] and not getattr(cfg, meta["only_with"]) and not saved_value(saved, meta["only_with"]):
-            continue  # read by neither run
+        if meta["only_with"] and (unread or not (getattr(cfg, meta["only_with"]) or saved_value(saved, meta["only_with"]))):
+            continue  # read by neither run (e.g. --no-rollback-collapse of a source-only run, or without --rollback)
         if then != now:
             diff[name] = (then, now)
     return diff

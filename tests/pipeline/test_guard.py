@@ -198,25 +198,39 @@ def test_records_from_before_a_rollback_do_not_fail_the_next_checks():
     assert rollback.check(40, tensors)["collapse"] == "target-collapse"
 
 
-def test_the_final_check_reads_a_collapse_on_fewer_records_than_a_window():
+def test_the_final_check_reads_a_collapse_on_half_a_window():
     # VADA on UCI digits -> MNIST collapsed again after each rollback; the final check came 250 steps
-    # after the last one, half a window: ignoring those records reported the collapsed weights
+    # after the last one, half a window: waiting for a whole one reported the collapsed weights
     monitor = Monitor()
-    monitor.window = 2
+    monitor.window = 4
     method, tensors, rollback = guarded(monitor)
-    monitor.recent = [{"step": s, "target_marginal_entropy": 0.9, "target_entropy": 0.1} for s in (5, 10)]
+
+    def logged(steps, marginal):
+        return [{"step": s, "target_marginal_entropy": marginal, "target_entropy": 0.1} for s in steps]
+
+    monitor.recent = logged((5, 10), 0.9)
     rollback.check(10, tensors)
-    monitor.recent = [{"step": s, "target_marginal_entropy": 0.05, "target_entropy": 0.1} for s in (15, 20)]
-    assert rollback.check(20, tensors)["rollback_to"] == 10
-    monitor.recent = monitor.recent[1:] + [{"step": 25, "target_marginal_entropy": 0.05, "target_entropy": 0.1}]
-    assert rollback.check(25, tensors)["collapse"] is None  # one fresh record of two: not yet
-    state = rollback.state_dict()
-    record = rollback.check(25, tensors, final=True)
+    monitor.recent = logged((15, 20, 25, 30), 0.05)
+    assert rollback.check(30, tensors)["rollback_to"] == 10
+    monitor.recent = logged((25, 30, 35), 0.05)  # one record since the rollback at 30
+    assert rollback.check(35, tensors, final=True)["collapse"] is None
+    monitor.recent = logged((30, 35, 40), 0.05)  # two of four: half a window
+    assert rollback.check(40, tensors)["collapse"] is None  # not yet, before the end
+    record = rollback.check(40, tensors, final=True)
     assert record["collapse"] == "target-collapse" and record["rollback_to"] == 10
-    # after a rollback for the source accuracy the final check waits for a whole window, as any other
-    rollback.load_state_dict(state)
-    rollback.rollbacks[-1]["reason"] = "source accuracy"
-    assert rollback.check(25, tensors, final=True)["collapse"] is None
+
+
+def test_the_final_check_sees_a_collapse_that_starts_late():
+    # no rollback before; the last half window collapsed, the first half healthy
+    monitor = Monitor()
+    monitor.window = 4
+    method, tensors, rollback = guarded(monitor)
+    monitor.recent = [{"step": s, "target_marginal_entropy": 0.9, "target_entropy": 0.1} for s in (5, 10, 15, 20)]
+    rollback.check(20, tensors)
+    monitor.recent = monitor.recent[2:] + [{"step": s, "target_marginal_entropy": 0.05, "target_entropy": 0.1}
+                                           for s in (25, 30)]
+    assert rollback.check(30, tensors)["collapse"] is None  # the whole window: not every record is low
+    assert rollback.check(30, tensors, final=True)["rollback_to"] == 20
 
 
 def test_without_the_monitor_only_the_source_accuracy_counts():
@@ -249,6 +263,9 @@ def test_runs_saved_before_the_collapse_check_are_not_reused_when_it_matters():
     assert same_run(saved, Config(rollback=0.05, rollback_collapse=False))
     saved_unguarded = {k: v for k, v in vars(Config()).items() if k != "rollback_collapse"}
     assert same_run(saved_unguarded, Config())  # no --rollback: the option is read by neither
+    saved_source_only = {k: v for k, v in vars(Config(method="source-only", rollback=0.05)).items()
+                         if k != "rollback_collapse"}
+    assert same_run(saved_source_only, Config(method="source-only", rollback=0.05))  # no guard: not read either
 
 
 def test_bad_values_are_refused():
