@@ -10,6 +10,7 @@ saved config is ``dataclasses.asdict``. Adding a hyper-parameter is adding a fie
 
 import argparse
 import dataclasses
+import os
 
 NORMALIZATIONS = ("domain", "mean")
 INPUT_NORMS = ("none", "instance")
@@ -155,6 +156,10 @@ class Config:
     dirtt_refresh: int = option(500, "DIRT-T: steps between teacher refreshes during the refinement", "method",
                                 defines_run=True, read_by=("dirt-t",))
     seed: int = option(0, "seed of weights, batches, augmentation and dropout", "method", defines_run=True)
+    init_from: str = option(None, "start from the evaluated weights (the average with --ema) of the finished run "
+                            "in this folder: every network the two methods share, of the same shapes; "
+                            "optimizers, schedules and steps start afresh (e.g. DIRT-T's refinement of a DANN "
+                            "run: --method dirt-t --dirtt-start 0 --init-from RUN)", "method", defines_run=True)
     # -- run
     out: str = option("runs/run", "output folder", "run")
     device: str = option("cpu", "where to train", "run", choices=("cpu", "cuda"))
@@ -281,6 +286,9 @@ def check(cfg):
     if cfg.rollback and cfg.method == "dirt-t" and int(cfg.dirtt_start * cfg.steps) == 0:
         raise UserError(f"--rollback watches DIRT-T's VADA phase, and --dirtt-start {cfg.dirtt_start} of "
                         f"--steps {cfg.steps} leaves none: drop --rollback or raise --dirtt-start")
+    if cfg.init_from is not None and os.path.realpath(cfg.init_from) == os.path.realpath(cfg.out):
+        raise UserError(f"--init-from {cfg.init_from} is this run's own --out: a fresh run starts by clearing it; "
+                        "give the earlier run another folder (--resume continues a run)")
     if cfg.weights and not cfg.backbone:
         raise UserError("--weights needs --backbone (resnet18 or resnet50)")
     if cfg.backbone and cfg.arch and cfg.arch != cfg.backbone:

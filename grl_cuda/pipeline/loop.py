@@ -237,6 +237,10 @@ def setup(cfg):
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     method = build_method(cfg, task.num_classes, device, task.image_shape)
+    if cfg.init_from and not cfg.resume:  # a resumed run's checkpoint holds its weights
+        loaded = runs.load_initial_weights(method, cfg)
+        if rank == 0:
+            print(f"--init-from {cfg.init_from}: {', '.join(loaded)} loaded", file=sys.stderr)
     speed.prepare_networks(method, cfg)  # --channels-last, --compile
     distributed.wrap(method, cfg, world)  # --sync-bn, DistributedDataParallel
     per_rank_batch = cfg.batch_size // world

@@ -152,3 +152,40 @@ def load_run(out, data_dir=None):
             net.load_state_dict(ckpt["average"][name])
     method.train(False)
     return cfg, task, method
+
+
+# Options whose difference makes another run's weights see other inputs than they were trained on.
+INPUT_OPTIONS = ("input_norm", "normalize")
+
+
+def load_initial_weights(method, cfg):
+    """--init-from: loads into ``method`` the evaluated weights (the average with --ema) of the
+    finished run in ``cfg.init_from``, every network the two methods share by name; returns
+    their names. Refused, saying why, when that folder holds no finished run, when the runs
+    preprocess their inputs differently, or when a shared network does not fit."""
+    folder = cfg.init_from
+    saved = finished_config(folder)
+    path = os.path.join(folder, CHECKPOINT)
+    if saved is None or not os.path.exists(path):
+        raise UserError(f"--init-from {folder}: not a finished run (no summary.json and checkpoint.pt)")
+    differ = {name: (config_mod.saved_value(saved, name), getattr(cfg, name)) for name in INPUT_OPTIONS
+              if config_mod.saved_value(saved, name) != getattr(cfg, name)}
+    if differ:
+        raise UserError(f"--init-from {folder}: that run's inputs were preprocessed otherwise "
+                        f"({config_mod.describe(differ)}); its weights would see other inputs. "
+                        "Use the same --input-norm and --normalize.")
+    ckpt = read_checkpoint(path, config_mod.from_saved(saved), what=f"--init-from {folder}")
+    weights = ckpt["average"] or ckpt["method"]["networks"]  # --ema: the averaged weights were evaluated
+    shared = [name for name in method.networks() if name in weights]
+    if not shared:
+        raise UserError(f"--init-from {folder}: its {saved.get('method')!r} run has no network that "
+                        f"{cfg.method!r} has (it has {', '.join(weights)}; this run {', '.join(method.networks())})")
+    for name in shared:
+        try:
+            method.networks()[name].load_state_dict(weights[name])
+        except RuntimeError as exc:
+            detail = str(exc).strip().splitlines()[0]
+            raise UserError(f"--init-from {folder}: its {name!r} network does not fit this run's "
+                            f"(arch {saved.get('arch')!r} vs {cfg.arch!r}: {detail})") from None
+    return shared
+

@@ -20,7 +20,8 @@ FIRST_RUN_DEFINING = {"task", "source", "target", "target_test", "method", "arch
 # runs from before it (a saved config without the key reads as that value: saved_value).
 ADDED_RUN_DEFINING = {"input_norm": "none", "optimizer": "sgd", "passes": "joint", "disc_hidden": "", "sync_bn": False,
                       "target_labeled": 0, "source_domains": 1, "invert": 0.0, "rollback": 0.0, "rollback_every": 250,
-                      "rollback_collapse": False}  # the guard read the source accuracy alone before
+                      "rollback_collapse": False,  # the guard read the source accuracy alone before
+                      "init_from": None}
 # Options of settings added since (images with a backbone): no older run can have used them.
 SETTINGS_OPTIONS = {"backbone", "weights", "image_size"}
 # Options of methods added since (CDAN, MCC, VADA, DIRT-T): no older run can have used them.
