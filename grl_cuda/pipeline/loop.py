@@ -163,7 +163,7 @@ def refresh(run):
 
 
 def check_guard(run, bar, final=False):
-    record = run.rollback.check(run.step, run.tensors, final=final)
+    record = run.rollback.check(run.step, run.tensors, final=final, active_flags=run.monitor.active)
     if run.rank == 0:
         run.log.write(record)
         if bar is not None and "rollback_to" in record:
@@ -372,7 +372,7 @@ def finish(run):
                    "source_test_acc": final["source_test_acc"], "target_test_acc": final["target_test_acc"],
                    "proxy_a_distance": extra.pop("proxy_a_distance"), "train_seconds": elapsed,
                    "images_per_second": cfg.steps * 2 * cfg.batch_size / max(elapsed, 1e-9),
-                   "sizes": run.task.sizes(), "collapse": run.monitor.summary(),
+                   "sizes": run.task.sizes(), "collapse": collapse_summary(run),
                    "rollback": run.rollback.summary() if run.rollback else None, "config": dataclasses.asdict(cfg),
                    "versions": versions(), **extra}
         if run.task.target_labeled is not None:  # which target train rows' labels training read
@@ -391,6 +391,15 @@ def finish(run):
                   file=sys.stderr)
     if run.distributed:
         dist.barrier()
+    return summary
+
+
+def collapse_summary(run):
+    """The monitor's summary, its flags at the end those of the weights reported: after a final
+    rollback, of the state restored (the flags seen in training stay, with their steps)."""
+    summary = run.monitor.summary()
+    if run.rollback and run.rollback.ended_on_rollback(run.cfg.steps):
+        summary.update(at_end=list(run.rollback.flags_at_best), at_end_of_step=run.rollback.best_step)
     return summary
 
 

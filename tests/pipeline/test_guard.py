@@ -280,9 +280,9 @@ def script_scores(monkeypatch, scores):
     may change them between runs) instead of the CPU-dependent real accuracies."""
     check = guard.Rollback.check
 
-    def scripted_check(self, step, tensors, final=False):
+    def scripted_check(self, step, tensors, final=False, active_flags=()):
         self.scripted_step = step
-        return check(self, step, tensors, final)
+        return check(self, step, tensors, final, active_flags)
 
     monkeypatch.setattr(guard.Rollback, "check", scripted_check)
     monkeypatch.setattr(guard.Rollback, "source_val_accs", lambda self, tensors: [scores[self.scripted_step]] * 2)
@@ -344,11 +344,14 @@ def test_a_run_rolls_back_when_its_target_predictions_collapse(tmp_path, data_di
     events = [(e["step"], e["best_step"], e["reason"], e["final"]) for e in summary["rollback"]["rollbacks"]]
     if not watch:
         assert events == [] and summary["rollback"]["best_step"] == 60
+        assert "target-collapse" in summary["collapse"]["at_end"] and "at_end_of_step" not in summary["collapse"]
         return
     # step 30's window (0.9, 0.05) has fallen from the peak: not kept, so the rollback goes to step 20;
     # at step 50 one record has been logged since it (too few to count), at 60 a whole window
     assert events == [(40, 20, "target-collapse", False), (60, 20, "target-collapse", True)]
     assert summary["rollback"]["lambda_scale"] == 0.5
+    # the weights reported are step 20's, from before the collapse: the flags at the end are theirs
+    assert "target-collapse" not in summary["collapse"]["at_end"] and summary["collapse"]["at_end_of_step"] == 20
     # interrupted after the rollback and resumed: the same run, bit for bit
     assert train(cfg_for(tmp_path, data_dir, out=str(tmp_path / "broken"), stop_after=45, **cfg),
                  progress=False)["interrupted"]
