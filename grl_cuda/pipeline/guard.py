@@ -79,7 +79,8 @@ class Rollback:
         self.good = None  # {"method": state, "average": state} at best_step, deep copies
         self.peak_marginal = math.nan  # the highest target marginal entropy at a kept state (window means)
         self.restored_at = -1  # the step of the last rollback: the monitor's records up to it are other weights'
-        self.flags_at_best = []  # the monitor's flags raised at best_step (rank 0): summary.json's after a final rollback
+        # the monitor's flags raised at best_step (rank 0; None: not known), summary.json's after a final rollback
+        self.flags_at_best = None
         # [{"step", "reason", "source_val_acc", "best_acc", "best_step", "lambda_scale", "final"}]
         self.rollbacks = []
         method.lambda_scale = 1.0
@@ -142,9 +143,9 @@ class Rollback:
         either is nan: no monitor records yet)."""
         return self.peak_marginal - marginal > COLLAPSE_DROP
 
-    def check(self, step, tensors, final=False, active_flags=()):
+    def check(self, step, tensors, final=False, active_flags=None):
         """Measures, then keeps or restores (module doc). Returns the metrics record.
-        ``active_flags``: the collapse monitor's flags raised now, kept with a good state."""
+        ``active_flags``: the collapse monitor's flags raised now (None: not known), kept with a good state."""
         current, averaged = self.source_val_accs(tensors)
         acc = min(current, averaged)
         collapse, marginal = self.collapse(final)
@@ -155,7 +156,7 @@ class Rollback:
             record.update(target_marginal_entropy=None if math.isnan(marginal) else marginal, collapse=collapse)
         if collapse is None and acc >= self.best_acc and not self.fallen(marginal):
             self.best_acc, self.best_step = acc, step
-            self.flags_at_best = list(active_flags)
+            self.flags_at_best = None if active_flags is None else list(active_flags)
             if not math.isnan(marginal):
                 self.peak_marginal = marginal if math.isnan(self.peak_marginal) else max(self.peak_marginal, marginal)
             self.good = {"method": copy.deepcopy(self.method.state_dict()),
@@ -191,7 +192,7 @@ class Rollback:
     def state_dict(self):
         return {"best_acc": self.best_acc, "best_step": self.best_step, "good": self.good,
                 "peak_marginal": self.peak_marginal, "restored_at": self.restored_at,
-                "lambda_scale": self.lambda_scale, "flags_at_best": list(self.flags_at_best),
+                "lambda_scale": self.lambda_scale, "flags_at_best": self.flags_at_best,
                 "rollbacks": list(self.rollbacks)}
 
     def load_state_dict(self, state):
@@ -199,4 +200,4 @@ class Rollback:
         # checkpoints from before the collapse check have neither
         self.peak_marginal, self.restored_at = state.get("peak_marginal", math.nan), state.get("restored_at", -1)
         self.method.lambda_scale, self.rollbacks = state["lambda_scale"], list(state["rollbacks"])
-        self.flags_at_best = list(state.get("flags_at_best", []))  # absent before it was kept
+        self.flags_at_best = state.get("flags_at_best")  # absent before it was kept: not known

@@ -163,7 +163,9 @@ def refresh(run):
 
 
 def check_guard(run, bar, final=False):
-    record = run.rollback.check(run.step, run.tensors, final=final, active_flags=run.monitor.active)
+    # the monitor's flags describe these weights only when its window holds no record from before a rollback
+    fresh = all(r["step"] > run.rollback.restored_at for r in run.monitor.recent)
+    record = run.rollback.check(run.step, run.tensors, final=final, active_flags=run.monitor.active if fresh else None)
     if run.rank == 0:
         run.log.write(record)
         if bar is not None and "rollback_to" in record:
@@ -238,9 +240,9 @@ def setup(cfg):
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     method = build_method(cfg, task.num_classes, device, task.image_shape)
     if cfg.init_from and not cfg.resume:  # a resumed run's checkpoint holds its weights
-        loaded = runs.load_initial_weights(method, cfg)
+        loaded, its_task = runs.load_initial_weights(method, cfg)
         if rank == 0:
-            print(f"--init-from {cfg.init_from}: {', '.join(loaded)} loaded", file=sys.stderr)
+            print(f"--init-from {cfg.init_from} ({its_task}): {', '.join(loaded)} loaded", file=sys.stderr)
     speed.prepare_networks(method, cfg)  # --channels-last, --compile
     distributed.wrap(method, cfg, world)  # --sync-bn, DistributedDataParallel
     per_rank_batch = cfg.batch_size // world
@@ -396,10 +398,10 @@ def finish(run):
 
 def collapse_summary(run):
     """The monitor's summary, its flags at the end those of the weights reported: after a final
-    rollback, of the state restored (the flags seen in training stay, with their steps)."""
+    rollback, of the state restored (None: not known; the flags seen in training stay, with their steps)."""
     summary = run.monitor.summary()
     if run.rollback and run.rollback.ended_on_rollback(run.cfg.steps):
-        summary.update(at_end=list(run.rollback.flags_at_best), at_end_of_step=run.rollback.best_step)
+        summary.update(at_end=run.rollback.flags_at_best, at_end_of_step=run.rollback.best_step)
     return summary
 
 

@@ -37,6 +37,10 @@ def reverse_validate(run, data_dir=None, steps=None, threads=None, progress=True
     cfg, task, method = load_run(run, data_dir)
     if method.uses_target_labels:
         raise UserError(f"{run}: {cfg.method} trains on target labels; reverse validation is for methods that do not")
+    if cfg.init_from:  # the reverse run retrains the run's procedure, and this one began in another run
+        raise UserError(f"{run} started from the weights of {cfg.init_from} (--init-from): reverse validation "
+                        "retrains a run's procedure from scratch, which that run is not; score the run it started "
+                        "from, or train this configuration in one run")
     folder = os.path.join(os.path.normpath(run), "reverse")
     target_train = to_tensors(task, torch.device("cpu"), normalize=cfg.normalize)["target_train"][0]
     labels = predicted_classes(method, target_train, "target")

@@ -155,7 +155,7 @@ def load_run(out, data_dir=None):
 
 
 # Options whose difference makes another run's weights see other inputs than they were trained on.
-INPUT_OPTIONS = ("input_norm", "normalize")
+INPUT_OPTIONS = ("input_norm", "normalize", "image_size")
 
 
 def load_initial_weights(method, cfg):
@@ -183,9 +183,13 @@ def load_initial_weights(method, cfg):
     for name in shared:
         try:
             method.networks()[name].load_state_dict(weights[name])
-        except RuntimeError as exc:
-            detail = str(exc).strip().splitlines()[0]
+        except RuntimeError as exc:  # its first line is a header; the next names the first misfit
+            lines = [line.strip() for line in str(exc).strip().splitlines()]
+            detail = lines[1] if len(lines) > 1 else lines[0]
+            options = (f"arch {saved.get('arch')!r} vs {cfg.arch!r}" if name == "model" else
+                       f"method {saved.get('method')!r} vs {cfg.method!r}, --disc-hidden "
+                       f"{saved.get('disc_hidden')!r} vs {cfg.disc_hidden!r}")
             raise UserError(f"--init-from {folder}: its {name!r} network does not fit this run's "
-                            f"(arch {saved.get('arch')!r} vs {cfg.arch!r}: {detail})") from None
-    return shared
+                            f"({options}): {detail}") from None
+    return shared, saved.get("task")
 

@@ -249,11 +249,13 @@ def test_the_collapse_state_is_in_the_checkpoint():
     monitor.show(20, 0.05)
     rollback.check(20, tensors)
     resumed = guard.Rollback(0.05, method, None, monitor=monitor)
+    rollback.flags_at_best = ["disc50"]
     resumed.load_state_dict(rollback.state_dict())
-    assert resumed.peak_marginal == 0.9 and resumed.restored_at == 20
-    old = {k: v for k, v in rollback.state_dict().items() if k not in ("peak_marginal", "restored_at")}
+    assert resumed.peak_marginal == 0.9 and resumed.restored_at == 20 and resumed.flags_at_best == ["disc50"]
+    old = {k: v for k, v in rollback.state_dict().items() if k not in ("peak_marginal", "restored_at", "flags_at_best")}
     resumed.load_state_dict(old)  # a checkpoint from before the collapse check
     assert resumed.peak_marginal != resumed.peak_marginal and resumed.restored_at == -1  # nan: no fall seen yet
+    assert resumed.flags_at_best is None  # not known: summary.json says null, not "no flag"
 
 
 def test_runs_saved_before_the_collapse_check_are_not_reused_when_it_matters():
@@ -280,7 +282,7 @@ def script_scores(monkeypatch, scores):
     may change them between runs) instead of the CPU-dependent real accuracies."""
     check = guard.Rollback.check
 
-    def scripted_check(self, step, tensors, final=False, active_flags=()):
+    def scripted_check(self, step, tensors, final=False, active_flags=None):
         self.scripted_step = step
         return check(self, step, tensors, final, active_flags)
 

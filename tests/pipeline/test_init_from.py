@@ -2,12 +2,15 @@
 refinement of a DANN run, as the paper's authors ran it); what does not fit is refused
 with the reason, and a run started this way resumes bit-exactly."""
 
+import shutil
+
 import pytest
 import torch
 
 from grl_cuda.pipeline import loop
 from grl_cuda.pipeline.config import Config, UserError
 from grl_cuda.pipeline.loop import fit
+from grl_cuda.pipeline.reverse_validation import reverse_validate
 
 pytestmark = pytest.mark.slow
 
@@ -60,18 +63,23 @@ def test_refinement_from_a_dann_run_trains_and_its_teacher_is_the_loaded_model(t
     assert _same(teacher, _evaluated(dann_run)["model"])  # refreshed at step 0, not since (refresh 100)
 
 
-def test_resumes_bit_exactly(tmp_path, data_dir, dann_run, assert_same_outputs):
-    kw = dict(method="dann", init_from=str(dann_run), ema=0.9)
+def test_resumes_bit_exactly_from_its_own_checkpoint(tmp_path, data_dir, dann_run, assert_same_outputs):
+    earlier = tmp_path / "earlier"
+    shutil.copytree(dann_run, earlier)
+    kw = dict(method="dann", init_from=str(earlier), ema=0.9)
     fit(_cfg(tmp_path / "whole", data_dir, **kw), progress=False)
     assert fit(_cfg(tmp_path / "split", data_dir, stop_after=3, **kw), progress=False)["interrupted"]
+    shutil.rmtree(earlier)  # the resumed run reads its weights from its checkpoint, not from the earlier run
     fit(_cfg(tmp_path / "split", data_dir, resume=True, **kw), progress=False)
     assert_same_outputs(str(tmp_path / "whole"), str(tmp_path / "split"))
 
 
 @pytest.mark.parametrize("options, message", [
     (dict(input_norm="instance"), r"preprocessed otherwise \(input_norm: saved 'none' vs now 'instance'\)"),
-    (dict(arch="mnist-bn"), r"'model' network does not fit this run's \(arch 'mnist' vs 'mnist-bn'"),
-    (dict(disc_hidden="64"), r"'domain_head' network does not fit"),
+    (dict(arch="mnist-bn"), r"'model' network does not fit this run's \(arch 'mnist' vs 'mnist-bn'\): "
+                            r"(Missing key|Unexpected key|size mismatch)"),
+    (dict(disc_hidden="64"), r"'domain_head' network does not fit this run's \(method 'dann' vs 'dann', "
+                             r"--disc-hidden '' vs '64'\): size mismatch for"),
     (dict(method="cgdm"), r"no network that 'cgdm' has \(it has model, domain_head; this run G, F1, F2\)"),
 ])
 def test_what_does_not_fit_is_refused_with_the_reason(tmp_path, data_dir, dann_run, options, message):
@@ -84,3 +92,12 @@ def test_a_folder_without_a_finished_run_is_refused(tmp_path, data_dir):
         loop.setup(_cfg(tmp_path / "run", data_dir, init_from=str(tmp_path)))
     with pytest.raises(UserError, match="this run's own --out"):
         loop.setup(_cfg(tmp_path / "run", data_dir, init_from=str(tmp_path / "run")))
+
+
+def test_reverse_validation_refuses_a_run_that_began_in_another(tmp_path, data_dir, dann_run):
+    # it retrains the run's procedure from scratch: the earlier run's source-trained weights would inflate
+    # the score, and DIRT-T's refinement alone never reads the pseudo-labels it is scored on
+    out = tmp_path / "dirtt"
+    fit(_cfg(out, data_dir, method="dirt-t", dirtt_start=0.0, steps=2, init_from=str(dann_run)), progress=False)
+    with pytest.raises(UserError, match=r"started from the weights of .* \(--init-from\)"):
+        reverse_validate(str(out), data_dir=data_dir, progress=False)
